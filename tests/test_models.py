@@ -1,0 +1,113 @@
+"""Bundled models load offline, generate on-topic text, and the other loading paths behave."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from course_utils import models, world
+from course_utils.models import ModelNotFoundError, load_model
+from course_utils.train import greedy_completion, perplexity
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_model("tiny-base")
+
+
+@pytest.fixture(scope="module")
+def instruct():
+    return load_model("tiny-instruct")
+
+
+def test_bundled_models_load_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    model, tokenizer = load_model("tiny-base")
+    assert time.perf_counter() - start < 5  # generous: the benchmark records the real figure
+    assert 0.8e6 < models.count_parameters(model) < 1.5e6
+    assert not model.training
+    assert tokenizer.eos_token == world.EOS
+
+
+def test_tokenizer_round_trips_the_corpus(base):
+    _, tokenizer = base
+    for doc in world.pretraining_documents(world.HELD_OUT_SEED, 100):
+        assert tokenizer.decode(tokenizer(doc)["input_ids"]) == doc
+    assert tokenizer.decode(tokenizer("Unknown Wörter und 한국어")["input_ids"]) == "Unknown Wörter und 한국어"
+
+
+@pytest.mark.parametrize("start, expected_words", [
+    ("Once upon a time, there was a little fox named", {"fox", "the", "was"}),
+    ("#Person1#: Hello, I am looking for", {"#Person2#:"}),
+    ("Review: I bought this lamp last Monday.", {"is"}),
+])
+def test_base_model_continues_each_kind_of_text(base, start, expected_words):
+    model, tokenizer = base
+    text = greedy_completion(model, tokenizer, start, 40)
+    assert len(text.split()) >= 5
+    assert expected_words & set(text.split()), text
+
+
+def test_held_out_perplexity_is_low(base):
+    model, tokenizer = base
+    assert perplexity(model, tokenizer, world.pretraining_documents(world.HELD_OUT_SEED + 1, 40)) < 3.0
+
+
+def test_instruct_summarizes_and_base_does_not(base, instruct):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    dialogues = world.dialogues(world.HELD_OUT_SEED + 2, 12)
+
+    def rouge(model_tok):
+        m, t = model_tok
+        return sum(scorer.score(d.summary, greedy_completion(m, t, world.summarize_prompt(d.text)))["rougeL"]
+                   .fmeasure for d in dialogues) / len(dialogues)
+
+    assert rouge(instruct) > 0.6
+    assert rouge(base) < 0.4
+
+
+def test_model_cards_record_the_measurements():
+    for name in models.BUNDLED_MODELS:
+        folder = models.bundled_model_dir(name)
+        card = json.loads((folder / "metrics.json").read_text())
+        assert card["metrics"]["heldout_perplexity"] <= 3.0
+        assert (folder / "README.md").read_text().startswith(f"# {name}")
+        assert (folder / "model.safetensors").stat().st_size < 10e6
+
+
+def test_unknown_name_offline_fails_fast_with_the_bundled_list(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("no-such-org/no-such-model")
+    assert time.perf_counter() - start < 10
+    assert "tiny-base" in str(err.value) and "tiny-instruct" in str(err.value)
+
+
+def test_directory_without_config_is_explained(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_local_directory_goes_through_from_pretrained(base, tmp_path):
+    model, tokenizer = base
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again, tok2 = load_model(str(tmp_path))
+    ids = tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, again(ids).logits)
+    assert tok2("Once upon a time")["input_ids"] == ids[0].tolist()
+
+
+def test_eager_attention_returns_maps():
+    model, tokenizer = load_model("tiny-base", attn_implementation="eager")
+    ids = tokenizer("The lamp is good.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    assert len(out.attentions) == model.config.n_layer
+    assert out.attentions[0].shape == (1, model.config.n_head, ids.shape[1], ids.shape[1])
