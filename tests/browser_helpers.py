@@ -1,0 +1,452 @@
+"""Drive JupyterLab in headless Chromium: start a throwaway server, run a notebook, poke its widgets.
+
+Used by tests/test_browser.py. Nothing here touches the user's Jupyter set-up: the server gets its own HOME,
+config, data, runtime, settings and workspace folders under a temporary directory, listens on 127.0.0.1 only,
+and is stopped (its whole process group) when the context manager exits.
+
+The browser is Debian's ``chromium`` package driven by Playwright over CDP; Playwright's own browser download is
+never used (it needs a network this course must not rely on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+# What counts as a control a learner changes, in document order. The display a control drives is everything
+# else in that cell's output (plots, printed figures, HTML), so the controls themselves are cut out of the
+# "display signature" before comparing.
+CONTROL_SELECTOR = ", ".join([
+    ".widget-slider .noUi-handle",          # IntSlider, FloatSlider, FloatLogSlider, SelectionSlider
+    ".widget-dropdown select",              # Dropdown
+    ".widget-text input",                   # Text, IntText, FloatText, BoundedIntText, ...
+    ".widget-textarea textarea",            # Textarea
+])
+CONTROL_PARTS = (".widget-slider, .widget-dropdown, .widget-text, .widget-textarea, .widget-readout, "
+                 "input, select, textarea, .widget-button, .widget-toggle-buttons, .widget-radio, "
+                 ".widget-checkbox")
+
+_JS_APP_READY = """() => {
+  const app = window.jupyterapp;
+  const w = app && app.shell && app.shell.currentWidget;
+  if (!w || !w.content || !w.sessionContext || !w.context || !w.context.isReady) return 'no notebook yet';
+  const sc = w.sessionContext;
+  if (!sc.session || !sc.session.kernel) return 'no kernel yet';
+  if (sc.kernelDisplayStatus !== 'idle') return 'kernel ' + sc.kernelDisplayStatus;
+  return 'ready';
+}"""
+
+_JS_RUN_ALL = """() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }"""
+
+_JS_STATE = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const code = w.content.widgets.filter(c => c.model.type === 'code');
+  const errors = [];
+  code.forEach((c, i) => {
+    for (const o of c.model.outputs.toJSON()) {
+      if (o.output_type === 'error') errors.push({cell: i, ename: o.ename, evalue: String(o.evalue).slice(0, 300)});
+    }
+  });
+  return {
+    kernel: w.sessionContext.kernelDisplayStatus,
+    running: code.filter(c => c.model.executionState === 'running').length,
+    executed: code.filter(c => c.model.executionCount !== null).length,
+    total: code.length,
+    errors,
+  };
+}"""
+
+# Signature of what a cell displays, controls removed: plots (img src), printed text, HTML widgets.
+_JS_SIGNATURE = """(cell, parts) => {
+  const area = cell.querySelector('.jp-Cell-outputArea') || cell;
+  const clone = area.cloneNode(true);
+  clone.querySelectorAll(parts).forEach(e => e.remove());
+  return clone.innerHTML;
+}"""
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (or $CHROMIUM), or None when it is not installed."""
+    candidates = [os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                  "/usr/bin/chromium"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc; empty where /proc is not available)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+def has_widgets(path: Path) -> bool:
+    """A notebook shows a widget when a code cell mentions widgets (ipywidgets or course_utils.widgets)."""
+    nb = nbformat.read(path, as_version=4)
+    return any(cell.cell_type == "code" and ("widgets" in cell.source or "interact" in cell.source)
+               for cell in nb.cells)
+
+
+class LabServer:
+    """A JupyterLab server on 127.0.0.1 serving ``root``, isolated from the user's own Jupyter files.
+
+    Use as a context manager; ``url`` is the base URL. The server runs in its own process group and the whole
+    group (kernels included) is terminated on exit.
+    """
+
+    def __init__(self, root: Path, *, startup_timeout: float = 90.0) -> None:
+        self.root = Path(root)
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._tmp = Path(tempfile.mkdtemp(prefix="lab-home-"))
+        self.log_path = self._tmp / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        home = self._tmp / "home"
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # reuse font caches: read-mostly
+        env = dict(os.environ)
+        env.update({
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            "XDG_CACHE_HOME": cache,
+            "JUPYTER_CONFIG_DIR": str(self._tmp / "jupyter-config"),
+            "JUPYTER_DATA_DIR": str(self._tmp / "jupyter-data"),
+            "JUPYTER_RUNTIME_DIR": str(self._tmp / "jupyter-runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(self._tmp / "lab-settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(self._tmp / "lab-workspaces"),
+            "IPYTHONDIR": str(self._tmp / "ipython"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+        env.pop("JUPYTER_PATH", None)
+        env.pop("MPLBACKEND", None)
+        home.mkdir(parents=True, exist_ok=True)
+        # No news/update pop-ups over the notebook, no extension manager calling PyPI.
+        settings = self._tmp / "lab-settings" / "@jupyterlab"
+        (settings / "apputils-extension").mkdir(parents=True, exist_ok=True)
+        (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        (settings / "extensionmanager-extension").mkdir(parents=True, exist_ok=True)
+        (settings / "extensionmanager-extension" / "plugin.jupyterlab-settings").write_text(
+            json.dumps({"enabled": False}))
+        # Every cell attached to the page (no virtual scrolling), so cells can be found and screenshotted.
+        (settings / "notebook-extension").mkdir(parents=True, exist_ok=True)
+        (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+            json.dumps({"windowingMode": "none"}))
+        return env
+
+    def start(self) -> "LabServer":
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+               "--port-retries=0", f"--ServerApp.root_dir={self.root}", "--IdentityProvider.token=",
+               "--PasswordIdentityProvider.hashed_password=", "--LabApp.expose_app_in_browser=True",
+               "--ServerApp.open_browser=False"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"jupyter lab did not answer on {self.url}/api within {self.startup_timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no server log)"
+
+    def api(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(f"{self.url}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def shutdown_kernels(self) -> None:
+        """Delete every session (and so its kernel): frees memory between notebooks."""
+        try:
+            for session in self.api("GET", "/api/sessions") or []:
+                self.api("DELETE", f"/api/sessions/{session['id']}")
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+
+    def stop(self) -> list[int]:
+        """Stop the server's process group, then any kernel it left behind (kernels run in their own session).
+
+        Returns the pids that were still alive afterwards (empty when everything stopped).
+        """
+        if self.proc is None:
+            return []
+        children = _descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
+                self.proc.wait(timeout=20)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+        survivors = [pid for pid in children if _alive(pid)]
+        for pid in survivors:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in survivors):
+            time.sleep(0.1)
+        self.proc = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return [pid for pid in survivors if _alive(pid)]
+
+    def __enter__(self) -> "LabServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class WidgetPoke:
+    """What happened when one control was changed."""
+    cell: int
+    control: str
+    description: str
+    changed: bool
+    seconds: float
+
+
+@dataclass
+class NotebookRun:
+    """The outcome of opening a notebook in the browser, running it, and poking its widgets."""
+    notebook: str
+    run_seconds: float = 0.0
+    attempts: int = 0
+    errors: list[dict] = field(default_factory=list)
+    pokes: list[WidgetPoke] = field(default_factory=list)
+    screenshot: str | None = None
+
+    @property
+    def responded(self) -> list[WidgetPoke]:
+        return [p for p in self.pokes if p.changed]
+
+
+def _wait(page: Any, js: str, want: Any, timeout: float, what: str, poll: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = page.evaluate(js)
+        except Exception as err:  # noqa: BLE001 - page still loading: evaluate again
+            last = f"{type(err).__name__}: {err}"
+        if last == want:
+            return last
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last state: {last!r})")
+
+
+def open_and_run_all(page: Any, url: str, *, run_timeout: float = 180.0, start_timeout: float = 15.0,
+                     attempts: int = 2) -> tuple[float, int, dict]:
+    """Open a notebook URL, Run All, wait until the kernel is idle with no cell running.
+
+    Returns (seconds for the run, attempts used, final state). The first Run All after a server starts can be
+    lost (the kernel is not quite connected yet): when no cell starts within ``start_timeout`` the page is
+    reloaded and Run All is sent again, once.
+    """
+    for attempt in range(1, attempts + 1):
+        page.goto(url, wait_until="domcontentloaded")
+        _wait(page, _JS_APP_READY, "ready", 120, "the notebook and its kernel to be ready")
+        start = time.monotonic()
+        page.evaluate(_JS_RUN_ALL)
+        started = False
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            state = page.evaluate(_JS_STATE)
+            if state["running"] or state["executed"]:
+                started = True
+                break
+            time.sleep(0.2)
+        if not started:
+            if attempt < attempts:
+                continue
+            raise TimeoutError(f"Run All did not start any cell in {start_timeout:.0f} s (state {state})")
+        deadline = time.monotonic() + run_timeout
+        stable = 0
+        while time.monotonic() < deadline:
+            state = page.evaluate(_JS_STATE)
+            done = state["kernel"] == "idle" and state["running"] == 0
+            stable = stable + 1 if done else 0
+            if stable >= 3:  # idle on three polls in a row: outputs have landed
+                return time.monotonic() - start, attempt, state
+            time.sleep(0.3)
+        raise TimeoutError(f"notebook still running after {run_timeout:.0f} s (state {state})")
+    raise AssertionError("unreachable")
+
+
+def _signature(cell: Any) -> str:
+    return cell.evaluate(_JS_SIGNATURE, CONTROL_PARTS)
+
+
+def _describe(control: Any) -> str:
+    return control.evaluate("""(el) => {
+      const w = el.closest('.jupyter-widgets.widget-inline-hbox') || el.closest('.jupyter-widgets');
+      const label = w && w.querySelector('.widget-label');
+      return label ? label.textContent.trim() : '';
+    }""")
+
+
+def _change(page: Any, control: Any) -> str:
+    """Change one control the way a learner would; returns what kind of control it was."""
+    tag = control.evaluate("(el) => el.tagName.toLowerCase()")
+    if tag == "select":
+        n = control.evaluate("(el) => el.options.length")
+        current = control.evaluate("(el) => el.selectedIndex")
+        if n < 2:
+            return "dropdown (one option)"
+        control.select_option(index=(current + 1) % n)
+        return "dropdown"
+    if tag in ("input", "textarea"):
+        kind = control.evaluate("(el) => el.type || 'text'")
+        value = control.input_value()
+        if kind == "number":
+            try:
+                new = str(float(value) + float(control.get_attribute("step") or 1))
+                new = new[:-2] if new.endswith(".0") and "." not in value else new
+            except ValueError:
+                new = "1"
+        else:
+            new = (value + " and") if value else "The"
+        control.fill(new)
+        control.press("Enter")
+        control.evaluate("(el) => el.blur()")
+        return "number box" if kind == "number" else "text box"
+    # A slider handle (noUiSlider): arrow keys move it one step, as a learner's keyboard would.
+    before = control.get_attribute("aria-valuenow")
+    control.focus()
+    page.keyboard.press("ArrowRight")
+    if control.get_attribute("aria-valuenow") == before:  # already at the maximum
+        page.keyboard.press("ArrowLeft")
+    return "slider"
+
+
+def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 3,
+                 change_timeout: float = 20.0) -> list[WidgetPoke]:
+    """For each cell whose output holds a control, change controls until the cell's display changes.
+
+    The display signature is the cell's output HTML with the controls cut out (plots' image data, printed
+    text, HTML widgets), so a moving slider readout alone does not count as a change.
+    """
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    pokes: list[WidgetPoke] = []
+    tried_cells = 0
+    for i in range(cells.count()):
+        cell = cells.nth(i)
+        controls = cell.locator(f".jp-Cell-outputArea :is({CONTROL_SELECTOR})")
+        n_controls = controls.count()
+        if not n_controls:
+            continue
+        tried_cells += 1
+        if tried_cells > max_cells:
+            break
+        for j in range(min(n_controls, max_controls_per_cell)):
+            control = controls.nth(j)
+            control.scroll_into_view_if_needed()
+            before = _signature(cell)
+            description = _describe(control)
+            start = time.monotonic()
+            kind = _change(page, control)
+            changed = False
+            deadline = time.monotonic() + change_timeout
+            while time.monotonic() < deadline:
+                time.sleep(0.25)
+                state = page.evaluate(_JS_STATE)
+                now = _signature(cell)
+                if now != before and state["kernel"] == "idle":
+                    time.sleep(0.5)  # let a clear_output(wait=True) redraw settle
+                    changed = _signature(cell) != before
+                    if changed:
+                        break
+            pokes.append(WidgetPoke(cell=i, control=kind, description=description, changed=changed,
+                                    seconds=round(time.monotonic() - start, 2)))
+            if changed:
+                break
+    return pokes
+
+
+def screenshot_cell(page: Any, cell_index: int, path: Path) -> None:
+    """Save a PNG of one notebook cell (its code and its widget output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(cell_index)
+    cell.scroll_into_view_if_needed()
+    cell.screenshot(path=str(path), animations="disabled")

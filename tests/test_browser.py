@@ -1,0 +1,106 @@
+"""The widgets work in a real browser: JupyterLab + headless Chromium, as a learner opens the notebooks.
+
+For every solutions notebook that shows a widget: open it in JupyterLab, Run All, change a control (a slider
+handle moved with the arrow keys, a dropdown, a text box + Enter) and check that what the widget displays (its
+plot, printed figures or HTML) changed. A screenshot of the widget cell goes to docs/screenshots/<notebook>.png.
+
+The solutions notebooks are used (copied to a temporary folder) because widgets that wrap a learner's function
+need an answer to draw anything. Needs Debian's ``chromium`` (``apt-get install -y chromium``; `make test` and
+.ci/run install it) and the ``playwright`` Python package (dev extras); skips with the reason when either is
+missing. Playwright's own browser download is never used.
+
+Environment knobs: COURSE_BROWSER_NOTEBOOKS (a folder laid out like solutions/, default solutions/),
+COURSE_SCREENSHOT_DIR (default docs/screenshots), CHROMIUM (the browser executable).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from browser_helpers import (CHROMIUM_FLAGS, LabServer, chromium_path, has_widgets, open_and_run_all,
+                             poke_widgets, screenshot_cell)
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = Path(os.environ.get("COURSE_BROWSER_NOTEBOOKS", ROOT / "solutions"))
+SCREENSHOTS = Path(os.environ.get("COURSE_SCREENSHOT_DIR", ROOT / "docs" / "screenshots"))
+NOTEBOOKS = sorted(p for p in SOURCE.glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if has_widgets(p)]
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("python package 'playwright' is not installed (pip install -e '.[dev]')")
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium; tools/install-system-deps.sh)")
+    manager = sync_playwright().start()
+    yield manager
+    manager.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    context = playwright_api.chromium.launch_persistent_context(
+        profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    context.set_default_timeout(30_000)
+    yield context
+    context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(playwright_api):
+    """A JupyterLab server on a temporary copy of the notebooks (the sources are never modified)."""
+    root = Path(tempfile.mkdtemp(prefix="lab-root-"))
+    for nb in WIDGET_NOTEBOOKS:
+        shutil.copytree(nb.parent, root / nb.parent.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    server = LabServer(root)
+    try:
+        server.start()
+        assert server.api("GET", "/api")["version"]
+        yield server
+    finally:
+        pid = server.proc.pid if server.proc else None
+        survivors = server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not survivors, f"processes of the JupyterLab server survived its shutdown: {survivors}"
+        if pid is not None:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)  # the server's whole process group is gone
+
+
+@pytest.mark.skipif(not WIDGET_NOTEBOOKS, reason=f"no notebook with a widget under {SOURCE} yet")
+@pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS, ids=[p.stem for p in WIDGET_NOTEBOOKS])
+def test_widget_redraws_in_the_browser(notebook: Path, lab: LabServer, browser):
+    page = browser.new_page()
+    page.on("dialog", lambda dialog: dialog.dismiss())
+    try:
+        rel = f"{notebook.parent.name}/{notebook.name}"
+        seconds, attempts, state = open_and_run_all(page, f"{lab.url}/lab/tree/{rel}")
+        assert not state["errors"], (f"{rel}: cells raised in the browser after {seconds:.0f} s: "
+                                     f"{state['errors']}")
+        assert state["executed"] == state["total"], f"{rel}: not every code cell ran ({state})"
+        pokes = poke_widgets(page)
+        if not pokes:
+            pytest.skip(f"{rel}: no slider, dropdown or text box in the page after Run All")
+        report = "; ".join(f"cell {p.cell} {p.control} {p.description!r}: "
+                           f"{'redrew' if p.changed else 'no change'} ({p.seconds} s)" for p in pokes)
+        print(f"{rel}: ran in {seconds:.1f} s (attempt {attempts}); {report}")
+        responded = [p for p in pokes if p.changed]
+        assert responded, f"{rel}: changing a control did not change any widget display: {report}"
+        screenshot_cell(page, responded[0].cell, SCREENSHOTS / f"{notebook.stem}.png")
+    finally:
+        page.close()
+        lab.shutdown_kernels()
