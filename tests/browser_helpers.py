@@ -40,6 +40,7 @@ CONTROL_SELECTOR = ", ".join([
     ".widget-dropdown select",              # Dropdown
     ".widget-text input",                   # Text, IntText, FloatText, BoundedIntText, ...
     ".widget-textarea textarea",            # Textarea
+    ".widget-toggle-buttons button:not(.mod-active)",  # ToggleButtons: a button not selected yet
 ])
 CONTROL_PARTS = (".widget-slider, .widget-dropdown, .widget-text, .widget-textarea, .widget-readout, "
                  "input, select, textarea, .widget-button, .widget-toggle-buttons, .widget-radio, "
@@ -376,8 +377,11 @@ def _change(page: Any, control: Any) -> str:
             return "dropdown (one option)"
         control.select_option(index=(current + 1) % n)
         return "dropdown"
+    if tag == "button":
+        control.click()
+        return "toggle button"
     if tag in ("input", "textarea"):
-        kind = control.evaluate("(el) => el.type || 'text'")
+        kind = "textarea" if tag == "textarea" else control.evaluate("(el) => el.type || 'text'")
         value = control.input_value()
         if kind == "number":
             try:
@@ -388,9 +392,10 @@ def _change(page: Any, control: Any) -> str:
         else:
             new = (value + " and") if value else "The"
         control.fill(new)
-        control.press("Enter")
-        control.evaluate("(el) => el.blur()")
-        return "number box" if kind == "number" else "text box"
+        if kind != "textarea":  # Enter submits a text box; in a text area it would add a line
+            control.press("Enter")
+        control.evaluate("(el) => el.blur()")  # continuous_update=False widgets sync on blur
+        return {"number": "number box", "textarea": "text area"}.get(kind, "text box")
     # A slider handle (noUiSlider): arrow keys move it one step, as a learner's keyboard would.
     before = control.get_attribute("aria-valuenow")
     control.focus()

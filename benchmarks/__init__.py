@@ -1,0 +1,1 @@
+"""`make bench` (``python -m benchmarks.run``): timings and memory of the course, written to benchmarks/results.md."""
