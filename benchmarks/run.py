@@ -448,18 +448,19 @@ def _compare(name: str, library: str, ours: Callable[[], Any], theirs: Callable[
     import torch
 
     a, b = ours(), theirs()
+    mismatched = 0  # filters: tokens kept by one and removed (-inf) by the other
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         finite = torch.isfinite(a) & torch.isfinite(b)
-        same_inf = bool(torch.equal(torch.isfinite(a), torch.isfinite(b)))
+        mismatched = int((torch.isfinite(a) != torch.isfinite(b)).sum())
         diff = float((a[finite] - b[finite]).abs().max()) if finite.any() else 0.0
-        agree = same_inf and diff < 1e-4
+        agree = mismatched == 0 and diff < 1e-4
     else:
         diff = max(abs(float(x) - float(y)) for x, y in zip(a, b, strict=True))
         agree = diff < 1e-6
     t_ours, t_lib = _time_call(ours), _time_call(theirs)
     return {"reference": name, "library": library, "ours_us": round(t_ours * 1e6, 1),
             "library_us": round(t_lib * 1e6, 1), "ratio": round(t_ours / t_lib, 2), "max_abs_diff": diff,
-            "agree": agree}
+            "kept_removed_mismatches": mismatched, "agree": agree}
 
 
 def bench_sampling(ns: dict[str, Any]) -> list[dict]:
@@ -618,6 +619,18 @@ def _rouge_adapter(fn: Callable, n: int | None) -> Callable[[str, str], float]:
 
 
 def library_bench(notebooks: list[Path]) -> list[dict]:
+    """All comparisons, on one CPU thread: on a shared machine that keeps the ratios stable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _library_rows(notebooks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _library_rows(notebooks: list[Path]) -> list[dict]:
     by_topic = {p.stem.split("_", 1)[-1]: p for p in notebooks}
     rows: list[dict] = []
     for topic, benches in (("sampling", [bench_sampling]), ("finetuning", [bench_lora, bench_rouge])):
@@ -672,6 +685,10 @@ def machine() -> dict:
     except (OSError, subprocess.TimeoutExpired):
         info["git_commit"] = None
     return info
+
+
+def _us(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
 def _mark(ok: bool | None) -> str:
@@ -731,14 +748,18 @@ def render_markdown(results: dict) -> str:
         lines += ["", "### Reference implementations vs the field's libraries", "",
                   "The learners' reference answers (the solution cells, executed on their own) against the "
                   "library that does the same job. Ratio = ours / library time per call (below 1: ours is "
-                  "faster); same = outputs agree (max |difference| in brackets).", "",
+                  "faster), one CPU thread each; same = outputs agree (largest difference in brackets).", "",
                   "| reference (notebook) | library | ours | library | ratio | same |", "|---|---|---:|---:|---:|---|"]
         for r in libs:
             if r.get("status") == "n/a":
                 lines.append(f"| {r.get('reference', '?')} | {r.get('library', '')} | n/a | | | {r['reason']} |")
             else:
-                lines.append(f"| {r['reference']} | {r['library']} | {r['ours_us']:.0f} µs | {r['library_us']:.0f} µs "
-                             f"| {r['ratio']:.2f}× | {'yes' if r['agree'] else 'NO'} ({r['max_abs_diff']:.1e}) |")
+                same = "yes" if r["agree"] else "no"
+                same += f" (max diff {r['max_abs_diff']:.1e}"
+                if r.get("kept_removed_mismatches"):
+                    same += f"; {r['kept_removed_mismatches']} tokens kept by one, removed by the other"
+                lines.append(f"| {r['reference']} | {r['library']} | {_us(r['ours_us'])} | {_us(r['library_us'])} "
+                             f"| {r['ratio']:.2f}× | {same}) |")
     lines += ["", "### Machine", "",
               f"{m.get('cpu')}, {m.get('cores_usable')} usable cores, {m.get('ram_gb')} GB RAM; {m.get('os')}; "
               f"Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
