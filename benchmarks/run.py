@@ -165,22 +165,23 @@ WIDGET_PROBE = f'''def _bench_widget_latency(budget_s=25.0, per_control=30):
             controls.append(w)
 
     def values(w):
+        """per_control values, each different from the one before (controls with few options are revisited)."""
         if isinstance(w, selection):
-            n = len(w.options)
-            return [("index", i) for i in rng.sample(range(n), n) if i != w.index][:per_control]
-        if isinstance(w, W.FloatLogSlider):
-            lo, hi, step = w.min, w.max, w.step
-            grid = [w.base ** (lo + i * step) for i in range(int(round((hi - lo) / step)) + 1)]
+            attr, grid, current = "index", list(range(len(w.options))), w.index
+        elif isinstance(w, W.FloatLogSlider):
+            steps = int(round((w.max - w.min) / w.step))
+            attr, grid, current = "value", [w.base ** (w.min + i * w.step) for i in range(steps + 1)], w.value
         else:
-            lo, hi, step = w.min, w.max, w.step or 1
-            n = int(round((hi - lo) / step))
-            picks = rng.sample(range(n + 1), min(n + 1, per_control + 1))
-            grid = [lo + i * step for i in picks]
-            if isinstance(w, W.IntSlider):
-                grid = [int(v) for v in grid]
-            else:
-                grid = [round(v, 10) for v in grid]
-        return [("value", v) for v in grid if v != w.value][:per_control]
+            step = w.step or 1
+            steps = int(round((w.max - w.min) / step))
+            grid = [w.min + i * step for i in range(steps + 1)]
+            grid = [int(v) for v in grid] if isinstance(w, W.IntSlider) else [round(v, 10) for v in grid]
+            attr, current = "value", w.value
+        out = []
+        for _ in range(per_control if len(grid) > 1 else 0):
+            current = rng.choice([v for v in grid if v != current])
+            out.append((attr, current))
+        return out
 
     def redrawer_timings():
         try:

@@ -32,16 +32,18 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 
-# What counts as a control a learner changes, in document order. The display a control drives is everything
-# else in that cell's output (plots, printed figures, HTML), so the controls themselves are cut out of the
-# "display signature" before comparing.
-CONTROL_SELECTOR = ", ".join([
-    ".widget-slider .noUi-handle",          # IntSlider, FloatSlider, FloatLogSlider, SelectionSlider
-    ".widget-dropdown select",              # Dropdown
-    ".widget-text input",                   # Text, IntText, FloatText, BoundedIntText, ...
-    ".widget-textarea textarea",            # Textarea
+# What counts as a control a learner changes, in the order they are tried within a cell (sliders first: they
+# are what the course's widgets are about; text boxes last: a new text usually means a new model run). The
+# display a control drives is everything else in that cell's output (plots, printed figures, HTML), so the
+# controls themselves are cut out of the "display signature" before comparing.
+CONTROL_KINDS = [
+    ".widget-slider .noUi-handle",                     # IntSlider, FloatSlider, FloatLogSlider, SelectionSlider
+    ".widget-dropdown select",                         # Dropdown
     ".widget-toggle-buttons button:not(.mod-active)",  # ToggleButtons: a button not selected yet
-])
+    ".widget-text input",                              # Text, IntText, FloatText, BoundedIntText, ...
+    ".widget-textarea textarea",                       # Textarea
+]
+CONTROL_SELECTOR = ", ".join(CONTROL_KINDS)
 CONTROL_PARTS = (".widget-slider, .widget-dropdown, .widget-text, .widget-textarea, .widget-readout, "
                  "input, select, textarea, .widget-button, .widget-toggle-buttons, .widget-radio, "
                  ".widget-checkbox")
@@ -424,8 +426,10 @@ def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 
         tried_cells += 1
         if tried_cells > max_cells:
             break
-        for j in range(min(n_controls, max_controls_per_cell)):
-            control = controls.nth(j)
+        ordered = [(kind, k) for kind in CONTROL_KINDS
+                   for k in range(cell.locator(f".jp-Cell-outputArea {kind}").count())]
+        for kind_selector, k in ordered[:max_controls_per_cell]:
+            control = cell.locator(f".jp-Cell-outputArea {kind_selector}").nth(k)
             control.scroll_into_view_if_needed()
             before = _signature(cell)
             description = _describe(control)
