@@ -49,7 +49,8 @@ def needs_exercise(*names: str) -> Iterator[None]:
     try:
         yield
     except NotImplementedError:
-        print(f"This demo uses your {' and '.join(names)}: answer that exercise above, run its cell, "
+        which = "that exercise" if len(names) == 1 else "those exercises"
+        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
               "then run this cell again.")
 
 
