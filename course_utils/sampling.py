@@ -15,8 +15,9 @@ few-shot prompts, so the notebook can stay about ideas.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -26,6 +27,21 @@ from course_utils import world
 EXAMPLE_SEED = 2024
 
 NextTokenFn = Callable[[torch.Tensor], Any]  # logits (B, V) -> token ids (B,) (or (B, 1), or an int for B = 1)
+
+
+@contextmanager
+def needs_exercise(*names: str) -> Iterator[None]:
+    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing.
+
+        with needs_exercise("top_k_filter"):
+            print(top_k_filter(logits, 5))
+    """
+    try:
+        yield
+    except NotImplementedError:
+        which = "that exercise" if len(names) == 1 else "those exercises"
+        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
+              "then run this cell again.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +150,8 @@ def generate_ids(model: Any, prompt_ids: Sequence[int], next_token: NextTokenFn,
         if ids.shape[1] >= ctx:  # the window is full: crop and re-read (no cache beyond the window)
             ids, past, use_cache = ids[:, -(ctx - 1):], None, False
         inputs = ids[:, -1:] if past is not None else ids
-        out = model(input_ids=inputs, past_key_values=past, use_cache=use_cache)
+        mask = torch.ones_like(ids)  # (B, T) every token is real (end-of-text = pad id must not be masked)
+        out = model(input_ids=inputs, attention_mask=mask, past_key_values=past, use_cache=use_cache)
         past = out.past_key_values if use_cache else None
         logits = out.logits[:, -1, :].float()  # (B, V)
         chosen = _as_ids(next_token(logits), num_samples)  # (B,)
