@@ -194,7 +194,7 @@ class FlashcardWidget(widgets.VBox):
             self.rating_buttons[r] = button
         self.rating_box = widgets.HBox([widgets.Label(QUESTION_PROMPT), *self.rating_buttons.values()])
         self.notices = widgets.HTML()
-        self.errors = widgets.Output()
+        self.errors = widgets.HTML()  # save failures (an HTML value, so tests and the browser read the same)
         card_box = widgets.VBox([self.meta, self.question, self.answer, self.note],
                                 layout=widgets.Layout(border="1px solid #ccc", padding="4px 12px",
                                                       min_height="230px"))
@@ -230,10 +230,11 @@ class FlashcardWidget(widgets.VBox):
             return
         try:
             self.store.record(card.key, rating, self.today)
+            self.errors.value = ""
         except (OSError, ProgressFileError) as err:
-            with self.errors:
-                print(f"Your rating was kept for this session but could not be saved to {self.store.path}: "
-                      f"{err}. It will be saved with your next rating if the problem is gone.")
+            self.errors.value = (f"<p style='color:#b00'>Your rating was kept for this session but could not be "
+                                 f"saved to {html.escape(str(self.store.path))}: {html.escape(str(err))}. It will be "
+                                 "saved with your next rating once the problem is gone.</p>")
         self.queue.pop(0)
         if needs_drill(rating):
             self.queue.append(card)
@@ -252,6 +253,9 @@ class FlashcardWidget(widgets.VBox):
             upcoming = [s.due for s in (self.store.state(k.key) for k in self.cards) if s.due and s.due > self.today]
             later = f" Next review: {min(upcoming).isoformat()}." if upcoming else ""
             self.meta.value = ""
+            if not self.cards:
+                later = (" Decks join this review once you have rated one of their cards: start one with "
+                         "<code>review(\"attention\")</code>, or every deck with <code>review(\"all\")</code>.")
             self.question.value = f"<p><b>Nothing left to review here today.</b>{later}</p>"
             self.answer.value = self.note.value = ""
             self.show_button.disabled = True

@@ -4,7 +4,7 @@
 know this? 1 Not at all ... 5 Perfectly") is SM-2's quality ``q`` directly:
 
 - ``q >= 3`` (recalled): repetitions ``n += 1``; the interval becomes 1 day (first success), 6 days
-  (second), then ``round(previous interval * EF)``.
+  (second), then ``previous interval * EF`` rounded half up, computed with the EF before this rating.
 - ``q < 3`` (not recalled): ``n = 0`` and the interval restarts at 1 day.
 - Either way the easiness factor ``EF += 0.1 - (5 - q) * (0.08 + (5 - q) * 0.02)``, never below 1.3
   (starts at 2.5): 5 -> +0.10, 4 -> 0, 3 -> -0.14, 2 -> -0.32, 1 -> -0.54.
@@ -23,6 +23,7 @@ never silently reset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -76,7 +77,8 @@ def sm2(state: CardState, rating: int, day: date) -> CardState:
     q = check_rating(rating)
     if q >= 3:
         n = state.repetitions + 1
-        interval = 1 if n == 1 else 6 if n == 2 else max(1, round(state.interval * state.easiness))
+        # round half up (Python's round() would send 2.5 to 2)
+        interval = 1 if n == 1 else 6 if n == 2 else max(1, math.floor(state.interval * state.easiness + 0.5))
         lapses = state.lapses
     else:
         n, interval = 0, 1
