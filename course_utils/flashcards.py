@@ -39,11 +39,12 @@ SCOPES = ("due", "all")
 # ------------------------------------------------------------------------------------ text -> HTML
 def _inline(text: str) -> str:
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<i>\1</i>", text)
 
 
 def to_html(text: str) -> str:
-    """A card's text as HTML: paragraphs, ``- `` bullets, ``1. `` numbered lists, `code`, **bold**.
+    """A card's text as HTML: paragraphs, ``- `` bullets, ``1. `` numbered lists, `code`, **bold**, *italic*.
 
     Everything else is escaped; ``$...$`` LaTeX is left for the HTMLMath widget to typeset.
     """
@@ -189,7 +190,7 @@ class FlashcardWidget(widgets.VBox):
         self.rating_buttons = {}
         for r, label in RATING_BUTTONS.items():
             button = widgets.Button(description=label, tooltip=RATING_TIPS[r],
-                                    layout=widgets.Layout(width="auto" if r in (1, 5) else "44px"))
+                                    layout=widgets.Layout(width="112px" if r in (1, 5) else "44px"))
             button.on_click(lambda _b, r=r: self.rate(r))
             self.rating_buttons[r] = button
         self.rating_box = widgets.HBox([widgets.Label(QUESTION_PROMPT), *self.rating_buttons.values()])
@@ -198,7 +199,8 @@ class FlashcardWidget(widgets.VBox):
         card_box = widgets.VBox([self.meta, self.question, self.answer, self.note],
                                 layout=widgets.Layout(border="1px solid #ccc", padding="4px 12px",
                                                       min_height="230px"))
-        super().__init__([self.header, card_box, widgets.HBox([self.show_button, self.rating_box]),
+        super().__init__([self.header, card_box,
+                          widgets.HBox([self.show_button, self.rating_box], layout=widgets.Layout(height="40px")),
                           self.notices, self.errors], layout=widgets.Layout(max_width="860px"))
         self.queue = build_queue(self.cards, store, self.today)
         self._render()
@@ -259,17 +261,19 @@ class FlashcardWidget(widgets.VBox):
             self.question.value = f"<p><b>Nothing left to review here today.</b>{later}</p>"
             self.answer.value = self.note.value = ""
             self.show_button.disabled = True
-            self.show_button.layout.visibility = "hidden"
-            self.rating_box.layout.visibility = "hidden"
+            self.show_button.layout.display = "none"
+            self.rating_box.layout.display = "none"
             return
         self.meta.value = f"<span style='color:#888;font-size:0.85em'>{html.escape(_source_label(card))}</span>"
         self.question.value = f"<div style='font-size:1.1em'><b>Q.</b> {to_html(card.question)}</div>"
         self.answer.value = (f"<div><b>A.</b> {to_html(card.answer)}</div>" if self.flipped else "")
-        self.note.value = (f"<span style='color:#666;font-size:0.85em'><i>{html.escape(card.note)}</i></span>"
+        self.note.value = (f"<div style='color:#666;font-size:0.85em;line-height:1.35'><i>{html.escape(card.note)}"
+                           "</i></div>"
                            if self.flipped and card.note else "")
         self.show_button.disabled = self.flipped
-        self.show_button.layout.visibility = "hidden" if self.flipped else "visible"
-        self.rating_box.layout.visibility = "visible" if self.flipped else "hidden"
+        # one row holds either the "Show answer" button or the rating buttons: the page does not jump
+        self.show_button.layout.display = "none" if self.flipped else ""
+        self.rating_box.layout.display = "" if self.flipped else "none"
         for button in self.rating_buttons.values():
             button.disabled = not self.flipped
 

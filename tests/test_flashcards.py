@@ -322,14 +322,14 @@ def test_widget_flip_and_rate_flow(tmp_path, progress_file):
     assert isinstance(w, FlashcardWidget) and w.current.id == "c0" and not w.flipped
     assert "alpha question 0" in w.question.value and w.answer.value == ""
     assert all(b.disabled for b in w.rating_buttons.values())
-    assert w.rating_box.layout.visibility == "hidden"
+    assert w.rating_box.layout.display == "none" and w.show_button.layout.display != "none"
     w.rating_buttons[5].click()  # rating before flipping does nothing
     assert w.current.id == "c0" and not progress_file.exists()
     assert w.rating_buttons[1].description == "1 Not at all" and w.rating_buttons[5].description == "5 Perfectly"
 
     w.show_button.click()
     assert w.flipped and "alpha answer 0" in w.answer.value and not w.rating_buttons[3].disabled
-    assert w.show_button.disabled
+    assert w.show_button.disabled and w.show_button.layout.display == "none" and w.rating_box.layout.display != "none"
     w.rating_buttons[5].click()
     assert w.current.id == "c1" and not w.flipped and w.answer.value == ""
     assert ProgressStore.load().state("alpha/c0").due == DAY + timedelta(days=1)
@@ -346,7 +346,7 @@ def test_widget_flip_and_rate_flow(tmp_path, progress_file):
     w.show_button.click()
     w.rating_buttons[5].click()  # a drill: finishes the card, schedule unchanged
     assert w.current is None and "Nothing left" in w.question.value
-    assert w.show_button.layout.visibility == "hidden" and w.rating_box.layout.visibility == "hidden"
+    assert w.show_button.layout.display == "none" and w.rating_box.layout.display == "none"
     assert ProgressStore.load().state("alpha/c1").easiness == pytest.approx(2.18)
     assert w.counts().done_today == 3
 
@@ -384,6 +384,7 @@ def test_bundled_deck_widgets_build_for_every_topic():
 
 
 def test_card_text_is_escaped_and_formatted():
+    assert to_html("an *inside* job, 2 * 3 * 4") == "<p>an <i>inside</i> job, 2 * 3 * 4</p>"
     out = to_html("Use `x < y` and **bold**.\n\n- one\n- two\n1. first\n<script>alert(1)</script>")
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "<code>x &lt; y</code>" in out and "<b>bold</b>" in out
