@@ -72,3 +72,18 @@ def test_timeout_stops_the_workers():
         distributed.run_data_parallel(world_size=2, steps=1, timeout_s=0.05)
     assert time.perf_counter() - start < 30
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_spawn_start_method_works_too():
+    """The portable path (macOS, Windows): the worker is a top-level function that spawn can pickle."""
+    spawned = distributed.run_data_parallel(world_size=2, steps=1, start_method="spawn")
+    single = distributed.single_process_gradients()
+    for name, g in single.items():
+        torch.testing.assert_close(spawned.grads[1][name], g, atol=1e-6, rtol=1e-5)
+    assert multiprocessing.active_children() == []
+
+
+def test_unknown_start_method():
+    with pytest.raises(ValueError, match="start_method"):
+        distributed.run_data_parallel(start_method="teleport")
