@@ -258,6 +258,11 @@ def test_decks_are_clean_english_with_the_notes_errors_fixed():
     use_cases = next(c for c in all_cards if c.source == "seed:000_92643deff82322b1.txt#6")
     assert "summar" in use_cases.answer.lower() and "translat" in use_cases.answer.lower()
     assert len({c.key for c in all_cards}) == len(all_cards)
+    for c in all_cards:
+        for text in (c.question, c.answer):
+            assert text.count("$") % 2 == 0, f"unbalanced $...$ (LaTeX) in card {c.key}"
+            assert not re.search(r"(?<!\\)\\(?!\\)[a-z]+", re.sub(r"\$[^$]*\$|`[^`]*`", "", text)), \
+                f"a LaTeX command outside $...$ in card {c.key}"
 
 
 def _deck(tmp_path: Path, cards: list, topic: str = "demo", **top) -> Path:
