@@ -27,6 +27,7 @@ second); elsewhere they are spawned, which re-imports this module in each child,
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue as queue_module
 import socket
@@ -187,7 +188,8 @@ def run_data_parallel(world_size: int = 2, steps: int = 3, seed: int = 0, timeou
         raise ValueError(f"start_method {method!r} is not available here; use one of {mp.get_all_start_methods()}")
     ctx = mp.get_context(method)
     if method == "fork":
-        import torch._dynamo  # noqa: F401 - DDP's constructor imports it (seconds): once here, not in each child
+        # DDP's constructor imports torch._dynamo (seconds): import it once here, not in each child
+        importlib.import_module("torch._dynamo")
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=worker, args=(r, world_size, port, steps, seed, results), daemon=True)
