@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,7 +109,8 @@ def check_notebook(path: Path, timeout: int = 120, run: bool = True) -> Notebook
         client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
                                 resources={"metadata": {"path": workdir}})
         try:
-            client.execute()
+            # the kernel's own stderr (start-up warnings) would clutter the one-screen overview
+            client.execute(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except CellTimeoutError:
             problem = f"stopped: a cell ran longer than {timeout} s"
         except DeadKernelError:
@@ -128,7 +130,7 @@ def format_notebook_row(r: NotebookResult) -> str:
     if r.problem and r.passed is None:
         return f"  {r.name:<22} {r.problem}"
     if r.checks == 0:
-        return f"  {r.name:<22} {'no graded checks':<28}"
+        return f"  {r.name:<22} no graded checks"
     if r.passed is None:
         return f"  {r.name:<22} {r.checks:>3} checks (not run: --no-run)"
     line = f"  {r.name:<22} {r.passed:>3}/{r.checks:<3} {_bar(r.passed, r.checks)}  {r.seconds:5.1f} s"
