@@ -1,0 +1,114 @@
+"""What goes back out of the workspace: feedback HTML per student (no hidden test code) and the grades CSV."""
+
+from __future__ import annotations
+
+import csv
+import html
+import re
+from pathlib import Path
+
+from nbformat.notebooknode import NotebookNode
+from nbgrader.preprocessors import NbGraderPreprocessor
+
+from course_utils.grading import COURSE_ID, Workspace, coursedir_for, LogCapture, load_records, nbgrader_config
+from course_utils.integrity import HIDDEN_BEGIN, HIDDEN_END
+
+CSV_COLUMNS = ["student_id", "assignment", "status", "score", "max_score", "percent", "flagged", "flag_reasons",
+               "notes", "sandbox", "seconds", "graded_at"]
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    """Feedback shows what failed, never how it was tested: hidden test code and test-cell tracebacks go.
+
+    In every graded cell the lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` become one
+    comment, and an error's traceback (which quotes the failing line of the test) is cut to ``Name: message``
+    (a check's message: input, expected, got, hint).
+    """
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if not meta.get("grade"):
+            return cell, resources
+        lines, hidden, kept = cell.source.split("\n"), False, []
+        for line in lines:
+            if HIDDEN_BEGIN in line:
+                hidden = True
+                kept.append(line[: len(line) - len(line.lstrip())] + "# (hidden tests: not shown)")
+            elif HIDDEN_END in line:
+                hidden = False
+            elif not hidden:
+                kept.append(line)
+        cell.source = "\n".join(kept)
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                out["traceback"] = [f"{out.get('ename', 'Error')}: {_ANSI.sub('', str(out.get('evalue', '')))}"]
+        return cell, resources
+
+
+def generate_feedback(ws: Workspace, students: list[str] | None = None, names: list[str] | None = None,
+                      log=print) -> list[Path]:  # noqa: ANN001 - print-like
+    """HTML feedback for every graded submission (``feedback/<student>/<assignment>/<notebook>.html``)."""
+    from nbgrader.converters import GenerateFeedback  # noqa: PLC0415
+
+    config = nbgrader_config(ws)
+    written: list[Path] = []
+    for record in load_records(ws):
+        if (students and record.student not in students) or (names and record.assignment not in names):
+            continue
+        dest = ws.feedback / record.student / record.assignment
+        if not (ws.autograded / record.student / record.assignment).is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            page = dest / f"{record.assignment}.html"
+            reasons = "".join(f"<li>{html.escape(r)}</li>" for r in record.review if "scored 0" in r)
+            page.write_text(f"<html><body><h1>{html.escape(record.assignment)}</h1><p>Score: "
+                            f"{record.score or 0:g} / {record.max_score or 0:g}</p><ul>{reasons}</ul></body></html>")
+            written.append(page)
+            continue
+        with LogCapture() as logs:
+            try:
+                coursedir = coursedir_for(config, student_id=record.student, assignment_id=record.assignment)
+                converter = GenerateFeedback(coursedir=coursedir, config=config)
+                converter.force = True
+                converter.start()
+            except Exception as err:  # noqa: BLE001 - one failure must not stop the others
+                log(f"{record.student}/{record.assignment}: feedback failed: {err} "
+                    + " / ".join(logs.messages[-3:]))
+                continue
+        written += sorted(dest.glob("*.html"))
+    return written
+
+
+def write_grades(ws: Workspace, out: Path | None = None) -> Path:
+    """One row per graded submission: scores from the gradebook (manual grades count), flags from the records."""
+    from nbgrader.api import Gradebook, MissingEntry  # noqa: PLC0415
+
+    out = Path(out) if out else ws.path / "grades.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    gradebook = Gradebook(ws.db_url, COURSE_ID) if ws.gradebook.exists() else None
+    try:
+        for record in sorted(load_records(ws), key=lambda r: (r.student, r.assignment)):
+            score, max_score = record.score, record.max_score
+            if gradebook is not None:
+                try:
+                    submission = gradebook.find_submission(record.assignment, record.student)
+                    score, max_score = float(submission.score), float(submission.max_score)
+                except MissingEntry:
+                    pass
+            percent = round(100 * score / max_score, 1) if score is not None and max_score else ""
+            rows.append({
+                "student_id": record.student, "assignment": record.assignment, "status": record.status,
+                "score": "" if score is None else f"{score:g}", "max_score": "" if max_score is None else f"{max_score:g}",
+                "percent": percent, "flagged": "yes" if record.review else "no",
+                "flag_reasons": " | ".join(record.review), "notes": " | ".join(record.notes),
+                "sandbox": record.sandbox, "seconds": f"{record.seconds:.1f}", "graded_at": record.graded_at,
+            })
+    finally:
+        if gradebook is not None:
+            gradebook.close()
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

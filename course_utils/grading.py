@@ -1,0 +1,459 @@
+"""The instructor's grading flow on top of nbgrader: release, register, import, autograde, record.
+
+The repository is the nbgrader course root (``solutions/`` = source, ``notebooks/`` = release). Everything the
+instructor's grading produces lives in a *workspace* folder (default ``<root>/grading/``, git-ignored)::
+
+    gradebook.db            nbgrader's SQLite gradebook
+    release/                the assignments as registered in the gradebook (what the students got)
+    submitted/<student>/<assignment>/    copies of the submissions (never modified)
+    archive/<student>/<assignment>/<UTC time>/    earlier versions of changed submissions
+    autograded/<student>/<assignment>/   the executed notebooks (nbgrader's autograded folder)
+    integrity/<student>/<assignment>/<notebook>.json   per-notebook flags, per-cell results, sandbox, seconds
+    records/<student>/<assignment>.json  per-submission summary (status, score, flags, what was graded)
+    feedback/<student>/<assignment>/<notebook>.html   (course feedback)
+    grades.csv              (course grades)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
+
+from course_utils import integrity, sandbox, submissions
+
+COURSE_ID = "llm-foundations"
+_GRADER_MODULES = ("grading.py", "executor.py", "integrity.py", "codescan.py", "sandbox.py", "sandbox_launch.py",
+                   "submissions.py")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one course root and its grading workspace."""
+
+    root: Path
+    path: Path
+
+    @classmethod
+    def at(cls, root: Path | str, workspace: Path | str | None = None) -> "Workspace":
+        root = Path(root).resolve()
+        ws = Path(workspace).resolve() if workspace else root / "grading"
+        return cls(root, ws)
+
+    @property
+    def submitted(self) -> Path:
+        return self.path / "submitted"
+
+    @property
+    def archive(self) -> Path:
+        return self.path / "archive"
+
+    @property
+    def autograded(self) -> Path:
+        return self.path / "autograded"
+
+    @property
+    def feedback(self) -> Path:
+        return self.path / "feedback"
+
+    @property
+    def release(self) -> Path:
+        return self.path / "release"
+
+    @property
+    def integrity(self) -> Path:
+        return self.path / "integrity"
+
+    @property
+    def records(self) -> Path:
+        return self.path / "records"
+
+    @property
+    def gradebook(self) -> Path:
+        return self.path / "gradebook.db"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.gradebook}"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "solutions"
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)  # only the instructor: no sandbox uid can read or write the gradebook
+        for sub in ("submitted", "archive", "records"):
+            (self.path / sub).mkdir(exist_ok=True)
+
+
+def find_course_root(start: Path | str = ".") -> Path:
+    """The nearest folder at or above ``start`` holding ``solutions/`` or ``nbgrader_config.py``."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "solutions").is_dir() or (folder / "nbgrader_config.py").is_file():
+            return folder
+    return here
+
+
+def assignments(root: Path) -> list[str]:
+    """Assignment names: folders of ``solutions/`` that hold at least one notebook."""
+    source = Path(root) / "solutions"
+    return sorted(p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))) \
+        if source.is_dir() else []
+
+
+def settings_config(*, timeout: int | None = None, sandbox_mode: str | None = None,
+                    memory_mb: int | None = None) -> Config:
+    """Command-line overrides of the execution settings, as a traitlets Config."""
+    c = Config()
+    if timeout is not None:
+        c.SandboxedExecute.timeout = int(timeout)
+    if sandbox_mode is not None:
+        c.SandboxedExecute.sandbox = sandbox_mode
+    if memory_mb is not None:
+        c.SandboxedExecute.memory_mb = int(memory_mb)
+    return c
+
+
+def nbgrader_config(ws: Workspace, overrides: Config | None = None) -> Config:
+    """Defaults, then the course root's nbgrader_config.py, then ``overrides``; workspace paths always win."""
+    c = Config()
+    c.CourseDirectory.course_id = COURSE_ID
+    c.CourseDirectory.source_directory = "solutions"
+    c.CourseDirectory.release_directory = "notebooks"
+    c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
+    c.OverwriteCells.add_missing_cells = True
+    c.Autograde.sanitize_preprocessors = [
+        "nbgrader.preprocessors.ClearOutput", "course_utils.integrity.IntegrityCheck",
+        "nbgrader.preprocessors.DeduplicateIds", "nbgrader.preprocessors.OverwriteKernelspec",
+        "nbgrader.preprocessors.OverwriteCells", "nbgrader.preprocessors.CheckCellMetadata"]
+    c.Autograde.autograde_preprocessors = [
+        "course_utils.executor.SandboxedExecute", "nbgrader.preprocessors.IgnorePattern",
+        "nbgrader.preprocessors.LimitOutput", "nbgrader.preprocessors.SaveAutoGrades",
+        "nbgrader.preprocessors.AssignLatePenalties", "nbgrader.preprocessors.CheckCellMetadata"]
+    c.GenerateFeedback.preprocessors = [
+        "nbgrader.preprocessors.GetGrades", "course_utils.feedback.HideHiddenTests",
+        "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
+    c.SandboxedExecute.timeout = 30
+    config_file = ws.root / "nbgrader_config.py"
+    if config_file.is_file():
+        c.merge(PyFileConfigLoader(config_file.name, path=str(ws.root)).load_config())
+    if overrides is not None:
+        c.merge(overrides)
+    c.CourseDirectory.root = str(ws.root)
+    c.CourseDirectory.submitted_directory = str(ws.submitted)
+    c.CourseDirectory.autograded_directory = str(ws.autograded)
+    c.CourseDirectory.feedback_directory = str(ws.feedback)
+    c.CourseDirectory.db_url = ws.db_url
+    c.IntegrityCheck.release_directory = str(ws.release)
+    c.SandboxedExecute.report_directory = str(ws.integrity)
+    return c
+
+
+def ensure_gradebook(db_path: Path, course_id: str = COURSE_ID) -> None:
+    """Create nbgrader's SQLite gradebook in-process (nbgrader itself shells out to ``alembic`` for this)."""
+    db_path = Path(db_path)
+    if db_path.exists() and db_path.stat().st_size > 0:
+        return
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 - slow imports, only when needed
+    from nbgrader.api import Base
+    from nbgrader.dbutil import ALEMBIC_DIR
+    from sqlalchemy import create_engine, text
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{db_path}", future=True)
+    Base.metadata.create_all(bind=engine)
+    head = ScriptDirectory(ALEMBIC_DIR).get_current_head()
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": head})
+    engine.dispose()
+
+
+def coursedir_for(config: Config, **ids: str):
+    from nbgrader.coursedir import CourseDirectory  # noqa: PLC0415
+
+    coursedir = CourseDirectory(config=config)
+    for key, value in ids.items():
+        setattr(coursedir, key, value)
+    return coursedir
+
+
+class LogCapture(logging.Handler):
+    """Collects warnings and errors that nbgrader logs while converting (they explain failures)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().strip().splitlines()[-1][:300] if record.getMessage() else "")
+
+    def __enter__(self) -> "LogCapture":
+        for name in ("traitlets", "nbgrader"):
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in ("traitlets", "nbgrader"):
+            logging.getLogger(name).removeHandler(self)
+
+
+def release(root: Path | str, names: list[str] | None = None, out: Path | str | None = None) -> list[Path]:
+    """``solutions/NAME`` -> ``notebooks/NAME`` (or ``out/NAME``) for each assignment; returns the notebooks written.
+
+    Deterministic (same source, same bytes) and leaves nothing behind: the gradebook it needs is a temporary one.
+    """
+    root = Path(root).resolve()
+    names = names or assignments(root)
+    unknown = [n for n in names if n not in assignments(root)]
+    if unknown:
+        raise ValueError(f"no assignment {unknown} in {root / 'solutions'}; known: {', '.join(assignments(root))}")
+    out = Path(out).resolve() if out else root / "notebooks"
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="course-release-") as tmp:
+        ws = Workspace(root, Path(tmp))
+        ensure_gradebook(ws.gradebook)
+        for name in names:
+            _generate(ws, name, out)
+            written += sorted((out / name).glob("*.ipynb"))
+    return written
+
+
+def _generate(ws: Workspace, name: str, out: Path) -> None:
+    from nbgrader.converters import GenerateAssignment  # noqa: PLC0415
+
+    config = nbgrader_config(ws)
+    config.CourseDirectory.release_directory = str(out)
+    config.GenerateAssignment.force = True
+    with LogCapture() as logs:
+        try:
+            GenerateAssignment(coursedir=coursedir_for(config, assignment_id=name), config=config).start()
+        except Exception as err:  # noqa: BLE001 - say what nbgrader said
+            raise RuntimeError(f"nbgrader could not release {name}: {err}; " + " / ".join(logs.messages[-5:])) \
+                from err
+
+
+def tree_hash(folder: Path) -> str:
+    files, _ = submissions.manifest(folder, float("inf"))
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def register(ws: Workspace, name: str) -> None:
+    """Put assignment ``name`` (its notebooks, test cells and points) into the workspace gradebook, if changed."""
+    stamp_file = ws.release / f".{name}.source-sha256"
+    digest = tree_hash(ws.source / name)
+    if stamp_file.is_file() and stamp_file.read_text() == digest and (ws.release / name).is_dir():
+        return
+    ensure_gradebook(ws.gradebook)
+    ws.release.mkdir(parents=True, exist_ok=True)
+    _generate(ws, name, ws.release)
+    stamp_file.write_text(digest)
+
+
+@dataclass
+class Record:
+    """The outcome of grading one student's assignment (saved as records/<student>/<assignment>.json)."""
+
+    student: str
+    assignment: str
+    status: str = "graded"          # graded | zero (nothing gradable) | error (the grader failed) | unchanged
+    score: float | None = None
+    max_score: float | None = None
+    flagged: bool = False
+    review: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sandbox: str = ""
+    seconds: float = 0.0
+    graded_at: str = ""
+    key: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    cells: list[dict] = field(default_factory=list)
+
+    def path(self, ws: Workspace) -> Path:
+        return ws.records / self.student / f"{self.assignment}.json"
+
+    def save(self, ws: Workspace) -> None:
+        self.flagged = bool(self.review)
+        path = self.path(ws)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "Record | None":
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def grading_key(ws: Workspace, assignment: str, files: dict[str, str], config: Config) -> str:
+    """Changes when the submission, the assignment's source, the execution settings or the grader change."""
+    here = Path(__file__).parent
+    code = {name: submissions.sha256(here / name) for name in _GRADER_MODULES if (here / name).is_file()}
+    settings = {k: repr(v) for k, v in sorted(config.SandboxedExecute.items())}
+    blob = {"files": files, "source": tree_hash(ws.source / assignment), "code": code, "settings": settings}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, force: bool = False,
+              only_students: list[str] | None = None, only_assignments: list[str] | None = None,
+              log=print) -> list[Record]:  # noqa: ANN001 - any print-like callable
+    """Import every submission under ``source`` and grade the new or changed ones. One failure never stops the rest."""
+    ws.create()
+    ensure_gradebook(ws.gradebook)
+    config = nbgrader_config(ws, overrides)
+    mode = sandbox.detect_mode(config.SandboxedExecute.get("sandbox", "auto"))
+    log(f"sandbox: {mode} ({sandbox.describe(mode)})")
+    found, warnings = submissions.discover(Path(source), set(assignments(ws.root)))
+    for warning in warnings:
+        log(f"warning: {warning}")
+    found = [f for f in found if (not only_students or f[0] in only_students)
+             and (not only_assignments or f[1] in only_assignments)]
+    records: list[Record] = []
+    for name in sorted({a for _, a, _ in found}):
+        register(ws, name)
+    for student, name, folder in found:
+        imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
+        if imported.archived:
+            log(f"{student}/{name}: changed since the last import; the previous copy is kept in {imported.archived}")
+        key = grading_key(ws, name, imported.manifest, config)
+        previous = Record.load(Record(student, name).path(ws))
+        if not force and previous and previous.key == key and previous.status in ("graded", "zero"):
+            previous.status, previous.notes = "unchanged", previous.notes
+            records.append(previous)
+            log(f"{student}/{name}: unchanged since it was graded ({previous.score}/{previous.max_score})")
+            continue
+        record = grade_submission(ws, student, name, config, imported.left_out)
+        record.key, record.files = key, imported.manifest
+        record.save(ws)
+        records.append(record)
+        flag = f"  FLAGGED: {' | '.join(record.review)[:300]}" if record.review else ""
+        log(f"{student}/{name}: {record.status} {_fmt(record.score)}/{_fmt(record.max_score)} "
+            f"in {record.seconds:.1f} s{flag}")
+    return records
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def grade_submission(ws: Workspace, student: str, name: str, config: Config, left_out: list[str]) -> Record:
+    """Autograde one imported submission with nbgrader (in the sandbox) and collect its record."""
+    from nbgrader.api import Gradebook  # noqa: PLC0415
+    from nbgrader.converters import Autograde  # noqa: PLC0415
+
+    started = time.perf_counter()
+    record = Record(student, name, graded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record.notes += [f"not imported: {item}" for item in left_out]
+    folder = ws.submitted / student / name
+    expected = sorted(p.stem for p in (ws.release / name).glob("*.ipynb"))
+    usable, unusable = [], []
+    for notebook in expected:
+        problem = _notebook_problem(folder, notebook)
+        (unusable if problem else usable).append(notebook)
+        if problem:
+            record.review.append(problem)
+    reports = ws.integrity / student / name
+    shutil.rmtree(reports, ignore_errors=True)
+    if not usable:
+        with Gradebook(ws.db_url, COURSE_ID) as gb:
+            gb.update_or_create_student(student)
+            gb.update_or_create_submission(name, student)
+    if usable:
+        with LogCapture() as logs:
+            try:
+                for notebook in usable:
+                    coursedir = coursedir_for(config, student_id=student, assignment_id=name, notebook_id=notebook)
+                    converter = Autograde(coursedir=coursedir, config=config)
+                    converter.force = True
+                    converter.start()
+            except Exception as err:  # noqa: BLE001 - one broken submission must not stop the others
+                record.status = "error"
+                detail = " / ".join(m for m in logs.messages if m)[-400:]
+                record.review.append(f"grading failed ({type(err).__name__}: {err}); scored 0 until fixed: {detail}")
+                unusable = expected
+    else:
+        record.status = "zero"
+    for path in integrity.report_paths(ws.integrity, student, name):
+        report = integrity.read_report(path)
+        record.review += [r for r in report.get("review", []) if r not in record.review]
+        record.notes += [n for n in report.get("notes", []) if n not in record.notes]
+        record.cells += report.get("cells", [])
+        record.sandbox = report.get("sandbox", record.sandbox)
+    record.sandbox = record.sandbox or sandbox.detect_mode(config.SandboxedExecute.get("sandbox", "auto"))
+    with Gradebook(ws.db_url, COURSE_ID) as gb:
+        submission = gb.find_submission(name, student)
+        for nb in submission.notebooks:
+            for grade in nb.grades:
+                if nb.name in unusable:
+                    grade.auto_score, grade.needs_manual_grade = 0.0, False
+                if record.review:
+                    grade.needs_manual_grade = True  # formgrader lists it for review
+        gb.db.commit()
+        submission = gb.find_submission(name, student)
+        record.score, record.max_score = float(submission.score), float(submission.max_score)
+    record.seconds = round(time.perf_counter() - started, 2)
+    record.flagged = bool(record.review)
+    return record
+
+
+def _notebook_problem(folder: Path, notebook: str) -> str | None:
+    """Why ``folder/notebook.ipynb`` cannot be graded (missing, renamed, not a notebook), or None."""
+    import nbformat  # noqa: PLC0415
+
+    path = folder / f"{notebook}.ipynb"
+    if not path.is_file():
+        others = sorted(p.name for p in folder.glob("*.ipynb")) if folder.is_dir() else []
+        hint = f"; found {', '.join(others)} instead (rename it to {notebook}.ipynb and re-run)" if others else ""
+        return f"missing notebook {notebook}.ipynb: scored 0{hint}"
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:  # noqa: BLE001 - any reason it is not a notebook
+        return f"{notebook}.ipynb is not a valid notebook ({type(err).__name__}: {str(err)[:150]}): scored 0"
+    return None
+
+
+def load_records(ws: Workspace) -> list[Record]:
+    records = [Record.load(p) for p in sorted(ws.records.glob("*/*.json"))] if ws.records.is_dir() else []
+    return [r for r in records if r is not None]
+
+
+def python_bin_on_path() -> None:
+    """nbgrader shells out to ``alembic`` (database upgrades): make this interpreter's scripts findable."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def fill_in_solutions(release_nb, source_nb):  # noqa: ANN001, ANN201 - nbformat notebooks
+    """The release with every answer cell replaced by the source's answer (markers removed): a perfect submission.
+
+    Used by the tests and the benchmark to grade "the solutions" the way a student would hand them in.
+    """
+    import copy as _copy  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells
+               if c.metadata.get("nbgrader", {}).get("solution") and c.metadata["nbgrader"].get("grade_id")}
+    marker = re.compile(r"^\s*#+\s*(BEGIN|END) SOLUTION\s*$")
+    nb = _copy.deepcopy(release_nb)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = "\n".join(line for line in answers[grade_id].split("\n") if not marker.match(line))
+    return nb

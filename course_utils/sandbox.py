@@ -1,0 +1,238 @@
+"""Run a student's kernel where it cannot reach the gradebook, the solutions or other students' work.
+
+The grader (nbclient, outside) talks to the kernel (inside) over ZMQ on Unix sockets in a scratch folder that both
+sides see, so the kernel needs no network at all. Modes, strongest first (``detect_mode("auto")`` picks the first
+that works on this machine):
+
+``bwrap``
+    bubblewrap, started as root: new mount, PID, network, IPC and UTS namespaces. The sandbox's file system is
+    built from an allow-list: ``/usr`` and ``/etc`` (read-only), the Python installation, the virtual environment
+    and the ``course_utils`` package (read-only), a private ``/tmp`` and the scratch folder holding a copy of the
+    submission. The course root, the gradebook, ``solutions/``, other submissions and home folders simply do not
+    exist in there. The kernel then drops to uid/gid 65534 (nobody) with no capabilities and ``no_new_privs``.
+``bwrap-userns``
+    the same file-system view for a grader that is not root (unprivileged user namespaces): the kernel appears as
+    uid 65534 but is the grader's own user outside.
+``setpriv``
+    no bubblewrap, grader is root: the kernel runs as uid 65534 in a private scratch folder, with the same limits.
+    It cannot write the grader's files nor read private ones, but it can read world-readable files (``solutions/``
+    usually is) and it has the network.
+``none``
+    no isolation at all (the kernel runs as the grader in a scratch folder). Grades say so.
+
+Limits in every mode: address space, largest file, number of processes, CPU seconds; no core dumps.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MODES = ("bwrap", "bwrap-userns", "setpriv", "none")
+ISOLATING_MODES = ("bwrap", "bwrap-userns")
+NOBODY = 65534
+_LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
+_SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed kernel (0 means no limit)."""
+
+    memory_mb: int = 8192   # address space; torch alone maps ~1.3 GB of it
+    file_mb: int = 256      # largest file the kernel may write
+    nproc: int = 256        # processes of the sandbox uid
+    cpu_s: int = 1800       # CPU seconds of the kernel process
+    tmp_mb: int = 512       # size of the private /tmp (bwrap modes)
+
+    def launcher_args(self) -> list[str]:
+        return [f"--memory-mb={self.memory_mb}", f"--file-mb={self.file_mb}", f"--nproc={self.nproc}",
+                f"--cpu-s={self.cpu_s}"]
+
+
+def course_package_dir() -> Path:
+    """The folder of the installed ``course_utils`` package (notebooks import it and load its assets)."""
+    return Path(__file__).resolve().parent
+
+
+def readonly_binds() -> list[Path]:
+    """Host folders the kernel needs read-only: the Python installation, the virtual environment, course_utils.
+
+    Only these (plus system folders) are visible in the bwrap modes; nested entries are dropped.
+    """
+    candidates = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(sys.exec_prefix).resolve(),
+                  Path(sys.executable).resolve().parent, course_package_dir()}
+    system = [Path("/usr"), Path("/etc")]
+    kept: list[Path] = []
+    for path in sorted(candidates, key=lambda p: len(p.parts)):
+        if not path.exists() or any(path == s or s in path.parents for s in system + kept):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _ancestor_dirs(paths: list[Path]) -> list[Path]:
+    """Parents that bwrap would otherwise create with mode 0700 (unreadable for the sandbox uid)."""
+    out: list[Path] = []
+    for path in paths:
+        for parent in reversed(path.parents):
+            if parent != Path("/") and parent not in out and not any(parent == p for p in paths):
+                out.append(parent)
+    return out
+
+
+def bwrap_prefix(scratch: Path, workdir: Path, *, userns: bool, limits: Limits) -> list[str]:
+    """The ``bwrap ...`` arguments that build the sandbox (the command to run follows them)."""
+    bwrap = shutil.which("bwrap") or "bwrap"
+    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "grader"]
+    if userns:
+        argv += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
+    argv += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for name in _SYSTEM_DIRS:
+        host = Path("/") / name
+        if host.is_symlink():
+            argv += ["--symlink", os.readlink(host), str(host)]
+        elif host.is_dir():
+            argv += ["--ro-bind", str(host), str(host)]
+    argv += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
+    tmp_size = ["--size", str(limits.tmp_mb * 1024 * 1024)] if limits.tmp_mb else []
+    argv += ["--perms", "1777", *tmp_size, "--tmpfs", "/tmp", "--perms", "1777", *tmp_size, "--tmpfs", "/var/tmp"]
+    binds = readonly_binds()
+    for parent in _ancestor_dirs(binds + [scratch]):
+        if parent not in (Path("/tmp"), Path("/var"), Path("/var/tmp")):
+            argv += ["--perms", "0755", "--dir", str(parent)]
+    for path in binds:
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--bind", str(scratch), str(scratch), "--chdir", str(workdir)]
+    return argv
+
+
+def kernel_argv(mode: str, scratch: Path, workdir: Path, limits: Limits = Limits(),
+                python: str | None = None) -> list[str]:
+    """The full command that starts an ipykernel in ``mode``; ``{connection_file}`` is filled by jupyter_client."""
+    if mode not in MODES:
+        raise ValueError(f"unknown sandbox mode {mode!r}; use one of {', '.join(MODES)} or 'auto'")
+    python = python or sys.executable
+    kernel = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    drop = ["--uid", str(NOBODY), "--gid", str(NOBODY), "--own", str(scratch)] if mode in ("bwrap", "setpriv") else []
+    launch = [python, "-I", str(_LAUNCHER), *drop, *limits.launcher_args(), "--", *kernel]
+    if mode in ISOLATING_MODES:
+        return bwrap_prefix(scratch, workdir, userns=mode == "bwrap-userns", limits=limits) + launch
+    return launch
+
+
+def kernel_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for the kernel: nothing of the grader's leaks in (tokens, paths, HOME)."""
+    home = scratch / "home"
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": str(home), "USER": "nobody", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": "/tmp",
+        "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"), "IPYTHONDIR": str(home / ".ipython"),
+        "JUPYTER_CONFIG_DIR": str(home / ".jupyter"), "JUPYTER_DATA_DIR": str(home / ".local/share/jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"), "MPLCONFIGDIR": str(home / ".config/matplotlib"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home / ".cache/huggingface"),
+        "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def prepare_scratch(prefix: str = "cgk-") -> Path:
+    """A fresh scratch folder for one kernel (short path: Unix socket names are limited to 107 bytes)."""
+    base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    scratch.chmod(0o755)
+    for sub in ("work", "home/.config/matplotlib", "runtime"):
+        (scratch / sub).mkdir(parents=True, exist_ok=True)
+    _seed_matplotlib_cache(scratch / "home/.config/matplotlib")
+    return scratch
+
+
+def _seed_matplotlib_cache(dest: Path) -> None:
+    """Copy the grader's matplotlib font list, so each kernel does not rebuild it (seconds)."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional and slow-ish
+
+        src = Path(matplotlib.get_cachedir())
+    except Exception:  # noqa: BLE001 - no matplotlib, or no cache dir: the kernel builds its own
+        return
+    for font_list in src.glob("fontlist-*.json"):
+        shutil.copy2(font_list, dest / font_list.name)
+
+
+def remove_scratch(scratch: Path) -> None:
+    """Delete a scratch folder (the kernel may have left read-only files in it)."""
+    def _retry(func, path, _exc):  # noqa: ANN001
+        try:
+            os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+    shutil.rmtree(scratch, onerror=_retry)
+
+
+@functools.lru_cache(maxsize=None)
+def _works(mode: str) -> tuple[bool, str]:
+    """Start ``python -c`` the way a kernel would be started in ``mode`` and see whether it runs."""
+    scratch = prepare_scratch("cgk-probe-")
+    try:
+        argv = kernel_argv(mode, scratch, scratch / "work")
+        cut = argv.index("ipykernel_launcher") - 1  # replace "-m ipykernel_launcher -f {cf}" by a tiny check
+        check = "import os, ipykernel; print(os.getuid())"
+        argv = argv[:cut] + ["-c", check]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=scratch / "work",
+                              env=kernel_env(scratch))
+        ok = proc.returncode == 0
+        if ok and mode in ("bwrap", "setpriv") and proc.stdout.strip() != str(NOBODY):
+            return False, f"kernel ran as uid {proc.stdout.strip()}, not {NOBODY}"
+        return ok, (proc.stderr.strip().splitlines() or [""])[-1]
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, str(err)
+    finally:
+        remove_scratch(scratch)
+
+
+def detect_mode(requested: str = "auto") -> str:
+    """The sandbox mode to use: ``requested`` if it works here, or with "auto" the strongest that does.
+
+    Raises RuntimeError when a specific mode was requested but does not work on this machine.
+    """
+    requested = requested or "auto"
+    if requested != "auto":
+        if requested not in MODES:
+            raise ValueError(f"unknown sandbox mode {requested!r}; use one of auto, {', '.join(MODES)}")
+        if requested != "none":
+            ok, why = _works(requested)
+            if not ok:
+                raise RuntimeError(f"sandbox mode {requested!r} does not work on this machine: {why}")
+        return requested
+    root = os.geteuid() == 0
+    order = (["bwrap"] if root else ["bwrap-userns"]) if shutil.which("bwrap") else []
+    order += ["setpriv"] if root else []
+    for mode in order:
+        if _works(mode)[0]:
+            return mode
+    return "none"
+
+
+def describe(mode: str) -> str:
+    """One line for logs and reports: what ``mode`` protects."""
+    return {
+        "bwrap": "bubblewrap namespaces, allow-listed read-only file system, no network, uid 65534",
+        "bwrap-userns": "bubblewrap namespaces (user namespace), allow-listed read-only file system, no network",
+        "setpriv": "uid 65534 in a private folder: no bubblewrap, world-readable files and the network are reachable",
+        "none": "NOT ISOLATED: the kernel runs as the grader (install bubblewrap, see the README)",
+    }[mode]

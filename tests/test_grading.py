@@ -1,0 +1,173 @@
+"""The grading round trip on a small fixture course, and a suite of bad and hostile submissions.
+
+The fixture course (tests/fixtures/grading/course) is copied to a temporary folder, so these tests never touch
+the real gradebook. All hostile submissions are graded in ONE `course autograde` run: that also proves a bad
+submission does not stop the others. Real notebooks (solutions/*) are covered by test_grading_notebooks.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import cli, grading, sandbox
+
+FIXTURES = Path(__file__).parent / "fixtures" / "grading"
+ASSIGNMENT = "01_fixture"
+TIMEOUT = "15"  # per cell: the fixture's cells take well under a second, its setup cell imports torch
+
+_spec = importlib.util.spec_from_file_location("grading_hostile", FIXTURES / "hostile.py")
+hostile = importlib.util.module_from_spec(_spec)
+sys.modules["grading_hostile"] = hostile
+_spec.loader.exec_module(hostile)
+
+
+def _isolating_mode() -> str | None:
+    try:
+        mode = sandbox.detect_mode("auto")
+    except Exception:  # noqa: BLE001
+        return None
+    return mode if mode in sandbox.ISOLATING_MODES else None
+
+
+needs_bwrap = pytest.mark.skipif(
+    _isolating_mode() is None,
+    reason="bubblewrap isolation is not available here (install the Debian package 'bubblewrap'; in a container "
+           "it also needs permission to create namespaces): the hostile suite needs it to prove isolation")
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    """A private copy of the fixture course, released, with its student notebook and a perfect submission."""
+    root = tmp_path_factory.mktemp("course")
+    shutil.copytree(FIXTURES / "course", root, dirs_exist_ok=True)
+    assert cli.main(["--root", str(root), "release"]) == 0
+    return root
+
+
+def _notebooks(root: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    release = nbformat.read(root / "notebooks" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    source = nbformat.read(root / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    return release, grading.fill_in_solutions(release, source)
+
+
+def _grades(csv_path: Path) -> dict[str, dict]:
+    with open(csv_path) as fh:
+        return {row["student_id"]: row for row in csv.DictReader(fh)}
+
+
+def cli_grades(root: Path, ws: Path) -> Path:
+    assert cli.main(["--root", str(root), "--workspace", str(ws), "grades", "--out", str(ws / "again.csv")]) == 0
+    return ws / "again.csv"
+
+
+def test_release_is_deterministic_and_leak_free(course: Path, tmp_path: Path):
+    first = (course / "notebooks" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_bytes()
+    assert cli.main(["--root", str(course), "release", ASSIGNMENT, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_bytes() == first
+    text = first.decode()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "add(-5, -7)", "sum(xs) / len(xs)"):
+        assert marker not in text, f"the release leaks {marker!r}"
+    assert not (course / "gradebook.db").exists() and not (course / "grading").exists(), "release left state behind"
+
+
+def test_solutions_full_marks_blank_zero_and_regrading_is_idempotent(course: Path, tmp_path: Path):
+    release, solved = _notebooks(course)
+    subs, ws = tmp_path / "subs", tmp_path / "ws"
+    for student, nb in (("perfect", solved), ("blank", release)):
+        (subs / student / ASSIGNMENT).mkdir(parents=True)
+        nbformat.write(nb, subs / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    before = {p: p.read_bytes() for p in subs.rglob("*") if p.is_file()}
+    base = ["--root", str(course), "--workspace", str(ws)]
+    assert cli.main(base + ["autograde", str(subs), "--timeout", TIMEOUT]) == 0
+    assert cli.main(base + ["grades"]) == 0
+    grades = _grades(ws / "grades.csv")
+    assert (grades["perfect"]["score"], grades["perfect"]["max_score"], grades["perfect"]["flagged"]) == ("5", "5", "no")
+    assert (grades["blank"]["score"], grades["blank"]["flagged"]) == ("0", "no")
+    assert grades["perfect"]["sandbox"] in sandbox.MODES
+    assert {p: p.read_bytes() for p in subs.rglob("*") if p.is_file()} == before, "a submission was modified"
+
+    # unchanged input and settings: nothing is graded again, nothing changes
+    overrides = grading.settings_config(timeout=int(TIMEOUT))
+    records = grading.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides, log=lambda *_: None)
+    assert {r.status for r in records} == {"unchanged"}
+    assert _grades(Path(cli_grades(course, ws))) == grades
+    # a changed submission is graded again and the old copy is archived, not overwritten
+    nbformat.write(release, subs / "perfect" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    records = {r.student: r for r in grading.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides,
+                                                          log=lambda *_: None)}
+    assert records["perfect"].status == "graded" and records["perfect"].score == 0
+    archived = list((ws / "archive" / "perfect" / ASSIGNMENT).glob("*/*.ipynb"))
+    assert len(archived) == 1 and nbformat.read(archived[0], as_version=4).cells == solved.cells
+
+    # feedback: one HTML per submission, no hidden test code, the failing check's message is there
+    assert cli.main(base + ["feedback"]) == 0
+    page = (ws / "feedback" / "blank" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    assert "add(-5, -7)" not in page and "BEGIN HIDDEN TESTS" not in page and "hidden tests: not shown" in page
+    assert "NotImplementedError" in page
+
+
+def test_fallback_mode_without_isolation_still_grades(course: Path, tmp_path: Path):
+    release, solved = _notebooks(course)
+    subs = tmp_path / "subs"
+    (subs / "perfect" / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(solved, subs / "perfect" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    ws = grading.Workspace.at(course, tmp_path / "ws")
+    overrides = grading.settings_config(timeout=int(TIMEOUT), sandbox_mode="none")
+    [record] = grading.autograde(ws, subs, overrides=overrides, log=lambda *_: None)
+    assert (record.score, record.sandbox) == (5.0, "none")
+    assert any("NOT ISOLATED" in note for note in record.notes)
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_path: Path):
+    release, solved = _notebooks(course)
+    subs, ws = tmp_path / "subs", tmp_path / "ws"
+    solutions = course / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    cases = hostile.build(release, solved, subs, gradebook=ws / "gradebook.db", solutions=solutions)
+    solutions_before = solutions.read_bytes()
+    base = ["--root", str(course), "--workspace", str(ws)]
+    status = cli.main(base + ["autograde", str(subs), "--timeout", TIMEOUT])
+    assert cli.main(base + ["grades"]) == 0
+    grades = _grades(ws / "grades.csv")
+    table = "\n".join(f"{s:18} {g['score']:>3}/{g['max_score']} {g['flagged']:3} {g['flag_reasons'][:150]}"
+                      for s, g in sorted(grades.items()))
+    print("\n" + table)
+    (tmp_path / "hostile-table.txt").write_text(table)
+
+    assert set(grades) == set(cases), "every submission has a row"
+    problems = []
+    for student, case in cases.items():
+        row = grades[student]
+        if float(row["score"]) != case.score:
+            problems.append(f"{student}: score {row['score']}, deserves {case.score:g} ({case.what})")
+        if float(row["max_score"]) != hostile.MAX_SCORE:
+            problems.append(f"{student}: max score {row['max_score']} (points were tampered with)")
+        if (row["flagged"] == "yes") != case.flagged:
+            problems.append(f"{student}: flagged={row['flagged']}, expected {case.flagged}: {row['flag_reasons']}")
+        if case.reason and case.reason.lower() not in row["flag_reasons"].lower():
+            problems.append(f"{student}: reasons lack {case.reason!r}: {row['flag_reasons']}")
+        if row["status"] != case.status:
+            problems.append(f"{student}: status {row['status']}, expected {case.status}")
+    assert not problems, "\n".join(problems) + "\n" + table
+    assert status == 0, "no grading run may crash"
+
+    # the gradebook agrees with the CSV (nobody rewrote it), and the solutions are untouched
+    with sqlite3.connect(ws / "gradebook.db") as con:
+        rows = con.execute("SELECT student.id, SUM(COALESCE(grade.manual_score, grade.auto_score, 0)) "
+                           "FROM grade JOIN submitted_notebook ON grade.notebook_id = submitted_notebook.id "
+                           "JOIN submitted_assignment ON submitted_notebook.assignment_id = submitted_assignment.id "
+                           "JOIN student ON submitted_assignment.student_id = student.id GROUP BY student.id").fetchall()
+    assert {s: float(v) for s, v in rows} == {s: float(g["score"]) for s, g in grades.items()}
+    assert solutions.read_bytes() == solutions_before
+    report = json.loads((ws / "integrity" / "solution" / ASSIGNMENT / f"{ASSIGNMENT}.json").read_text())
+    assert report["sandbox"] in sandbox.ISOLATING_MODES and all(c["passed"] for c in report["cells"])
