@@ -133,7 +133,7 @@ def changed_parameters(before: nn.Module, after: nn.Module) -> list[str]:
 # Perplexity on held-out text (one padded batch, tokenized once)
 
 
-def heldout_batch(tokenizer: Any, n: int = 24, seed: int | None = None, max_tokens: int = 128) -> dict[str, torch.Tensor]:
+def heldout_batch(tokenizer: Any, n: int = 16, seed: int | None = None, max_tokens: int = 96) -> dict[str, torch.Tensor]:
     """``n`` held-out course-world documents as one right-padded batch with ``labels`` (-100 on padding).
 
     Each document is cut to ``max_tokens`` tokens and ends with EOS, as in ``train.perplexity``.
