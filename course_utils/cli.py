@@ -75,7 +75,7 @@ def cmd_autograde(args: argparse.Namespace) -> int:
         return 2
     overrides = grading.settings_config(timeout=args.timeout, sandbox_mode=args.sandbox, memory_mb=args.memory_mb)
     records = grading.autograde(ws, source, overrides=overrides, force=args.force, only_students=args.student,
-                                only_assignments=args.assignment)
+                                only_assignments=args.assignment, jobs=args.jobs)
     graded = [r for r in records if r.status != "unchanged"]
     flagged = [r for r in records if r.review]
     errors = [r for r in records if r.status == "error"]
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", choices=["auto", "bwrap", "bwrap-userns", "setpriv", "none"],
                    help="isolation mode (default auto: the strongest that works here)")
     p.add_argument("--memory-mb", type=int, help="address-space limit per kernel (default 8192)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1; each "
+                   "kernel may need up to ~1.5 GB and one core)")
     p.set_defaults(func=cmd_autograde)
 
     p = sub.add_parser("feedback", help="feedback HTML per graded submission (hidden tests not shown)")

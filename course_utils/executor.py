@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import secrets
 import shutil
 import time
@@ -39,6 +40,9 @@ from traitlets import Integer, List, Unicode
 
 from course_utils import integrity
 from course_utils import sandbox as _sandbox
+
+
+_TELLING = re.compile(r"Error|Traceback|Killed|denied|cannot|failed", re.I)
 
 
 class SandboxKernelManager(AsyncKernelManager):
@@ -109,7 +113,9 @@ class SandboxedExecute(NbGraderPreprocessor):
             _sandbox.remove_scratch(scratch)
         cells = integrity.settle_test_cells(nb, originals, run.zeroed, run.not_run, findings)
         for message in run.problems:
-            findings.review(message)
+            findings.flag(message)
+        if run.kernel_log:
+            findings.note(f"kernel log: {run.kernel_log}")
         if run.client_truncated:
             findings.note(f"output truncated (more than {self.max_output_bytes:,} bytes)")
         report = {
@@ -152,6 +158,7 @@ class _Run:
         self.not_run: dict[int, str] = {}     # cell index -> why it never ran
         self.problems: list[str] = []         # review-level findings of the run
         self.client_truncated = False
+        self.kernel_log = ""
         limits = _sandbox.Limits(memory_mb=owner.memory_mb)
         km = SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
                                   sandbox_argv=_sandbox.kernel_argv(mode, scratch, scratch / "work", limits))
@@ -174,10 +181,11 @@ class _Run:
                     await self._cells(deadline)
             finally:
                 self.client_truncated = bool(client.truncated)
-        tail = self.log_path.read_bytes()[-2000:].decode("utf-8", "replace") if self.log_path.exists() else ""
+        tail = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace") if self.log_path.exists() else ""
         self.log_path.unlink(missing_ok=True)
-        if self.problems and tail.strip():
-            self.problems.append("kernel log (last lines): " + " / ".join(tail.strip().splitlines()[-3:])[:300])
+        telling = [line.strip() for line in tail.splitlines() if _TELLING.search(line)]
+        if telling:
+            self.kernel_log = " / ".join(telling[-3:])[:300]
 
     async def _cells(self, deadline: float) -> None:
         client = self.client
@@ -305,4 +313,4 @@ def _error(ename: str, evalue: str) -> NotebookNode:
 
 def _label(cell: NotebookNode, index: int) -> str:
     grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-    return f"{grade_id!r}" if grade_id else f"#{index}"
+    return f"{grade_id!r}" if grade_id else f"{index + 1} (a code cell)"

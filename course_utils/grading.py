@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -311,12 +313,16 @@ def grading_key(ws: Workspace, assignment: str, files: dict[str, str], config: C
 
 def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, force: bool = False,
               only_students: list[str] | None = None, only_assignments: list[str] | None = None,
-              log=print) -> list[Record]:  # noqa: ANN001 - any print-like callable
-    """Import every submission under ``source`` and grade the new or changed ones. One failure never stops the rest."""
+              jobs: int = 1, log=print) -> list[Record]:  # noqa: ANN001 - any print-like callable
+    """Import every submission under ``source`` and grade the new or changed ones, ``jobs`` at a time.
+
+    One failure never stops the rest: it becomes a record with status "error" (scored 0, flagged).
+    """
     ws.create()
     ensure_gradebook(ws.gradebook)
     config = nbgrader_config(ws, overrides)
     mode = sandbox.detect_mode(config.SandboxedExecute.get("sandbox", "auto"))
+    config.SandboxedExecute.sandbox = mode  # workers use what was detected here
     log(f"sandbox: {mode} ({sandbox.describe(mode)})")
     found, warnings = submissions.discover(Path(source), set(assignments(ws.root)))
     for warning in warnings:
@@ -326,6 +332,7 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
     records: list[Record] = []
     for name in sorted({a for _, a, _ in found}):
         register(ws, name)
+    pending: list[tuple[str, str, submissions.Imported, str]] = []
     for student, name, folder in found:
         imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
         if imported.archived:
@@ -333,18 +340,36 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
         key = grading_key(ws, name, imported.manifest, config)
         previous = Record.load(Record(student, name).path(ws))
         if not force and previous and previous.key == key and previous.status in ("graded", "zero"):
-            previous.status, previous.notes = "unchanged", previous.notes
+            previous.status = "unchanged"
             records.append(previous)
-            log(f"{student}/{name}: unchanged since it was graded ({previous.score}/{previous.max_score})")
+            log(f"{student}/{name}: unchanged since it was graded ({_fmt(previous.score)}/{_fmt(previous.max_score)})")
             continue
-        record = grade_submission(ws, student, name, config, imported.left_out)
+        pending.append((student, name, imported, key))
+
+    def finish(record: Record, imported: submissions.Imported, key: str) -> None:
         record.key, record.files = key, imported.manifest
         record.save(ws)
         records.append(record)
         flag = f"  FLAGGED: {' | '.join(record.review)[:300]}" if record.review else ""
-        log(f"{student}/{name}: {record.status} {_fmt(record.score)}/{_fmt(record.max_score)} "
+        log(f"{record.student}/{record.assignment}: {record.status} {_fmt(record.score)}/{_fmt(record.max_score)} "
             f"in {record.seconds:.1f} s{flag}")
-    return records
+
+    if jobs > 1 and len(pending) > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(grade_submission, ws, s, n, config, imp.left_out): (s, n, imp, key)
+                       for s, n, imp, key in pending}
+            for future in as_completed(futures):
+                student, name, imported, key = futures[future]
+                try:
+                    record = future.result()
+                except Exception as err:  # noqa: BLE001 - a worker that died: record it, go on
+                    record = Record(student, name, status="error", sandbox=mode,
+                                    review=[f"grading failed ({type(err).__name__}: {err}): re-run autograde"])
+                finish(record, imported, key)
+    else:
+        for student, name, imported, key in pending:
+            finish(grade_submission(ws, student, name, config, imported.left_out), imported, key)
+    return sorted(records, key=lambda r: (r.student, r.assignment))
 
 
 def _fmt(value: float | None) -> str:

@@ -334,7 +334,11 @@ class IntegrityCheck(NbGraderPreprocessor):
             meta = want.metadata["nbgrader"]
             if not (is_test_cell(want) or (meta.get("locked") and not meta.get("solution"))):
                 continue
-            findings.flag(f"{'test' if is_test_cell(want) else 'read-only'} cell {grade_id!r} was deleted: put back")
+            message = f"{'test' if is_test_cell(want) else 'read-only'} cell {grade_id!r} was deleted: put back"
+            if want.cell_type == "code":
+                findings.flag(message)
+            else:
+                findings.note(message)
             at = 0
             for earlier in reversed(order[:position]):
                 ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells]

@@ -184,25 +184,30 @@ def remove_scratch(scratch: Path) -> None:
     shutil.rmtree(scratch, onerror=_retry)
 
 
-@functools.lru_cache(maxsize=None)
-def _works(mode: str) -> tuple[bool, str]:
-    """Start ``python -c`` the way a kernel would be started in ``mode`` and see whether it runs."""
-    scratch = prepare_scratch("cgk-probe-")
+def run_python(code: str, mode: str, limits: Limits = Limits(), timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` exactly where a kernel would run in ``mode`` (a fresh scratch folder, removed after)."""
+    scratch = prepare_scratch("cgk-run-")
     try:
-        argv = kernel_argv(mode, scratch, scratch / "work")
-        cut = argv.index("ipykernel_launcher") - 1  # replace "-m ipykernel_launcher -f {cf}" by a tiny check
-        check = "import os, ipykernel; print(os.getuid())"
-        argv = argv[:cut] + ["-c", check]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=scratch / "work",
-                              env=kernel_env(scratch))
-        ok = proc.returncode == 0
-        if ok and mode in ("bwrap", "setpriv") and proc.stdout.strip() != str(NOBODY):
-            return False, f"kernel ran as uid {proc.stdout.strip()}, not {NOBODY}"
-        return ok, (proc.stderr.strip().splitlines() or [""])[-1]
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, str(err)
+        argv = kernel_argv(mode, scratch, scratch / "work", limits)
+        cut = argv.index("ipykernel_launcher") - 1  # "-m ipykernel_launcher -f {connection_file}" -> "-c code"
+        return subprocess.run(argv[:cut] + ["-c", code], capture_output=True, text=True, timeout=timeout,
+                              cwd=scratch / "work", env=kernel_env(scratch))
     finally:
         remove_scratch(scratch)
+
+
+@functools.lru_cache(maxsize=None)
+def _works(mode: str) -> tuple[bool, str]:
+    """Whether a Python with ipykernel starts in ``mode`` here (as uid 65534 where the mode drops privileges)."""
+    try:
+        proc = run_python("import os, ipykernel; print(os.getuid())", mode)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, str(err)
+    if proc.returncode != 0:
+        return False, (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    if mode in ("bwrap", "setpriv") and proc.stdout.strip() != str(NOBODY):
+        return False, f"the kernel ran as uid {proc.stdout.strip()}, not {NOBODY}"
+    return True, ""
 
 
 def detect_mode(requested: str = "auto") -> str:

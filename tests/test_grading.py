@@ -136,7 +136,7 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
     cases = hostile.build(release, solved, subs, gradebook=ws / "gradebook.db", solutions=solutions)
     solutions_before = solutions.read_bytes()
     base = ["--root", str(course), "--workspace", str(ws)]
-    status = cli.main(base + ["autograde", str(subs), "--timeout", TIMEOUT])
+    status = cli.main(base + ["autograde", str(subs), "--timeout", TIMEOUT, "--jobs", "2"])
     assert cli.main(base + ["grades"]) == 0
     grades = _grades(ws / "grades.csv")
     table = "\n".join(f"{s:18} {g['score']:>3}/{g['max_score']} {g['flagged']:3} {g['flag_reasons'][:150]}"

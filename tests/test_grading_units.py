@@ -1,0 +1,174 @@
+"""Fast unit tests of the grading pieces: the tamper scan, the import rules, the sandbox's view, feedback scrubbing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import codescan, feedback, grading, integrity, sandbox, submissions
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORTS = codescan.imported_names(["import torch\nimport importlib, course_utils.checks as checks",
+                                   "from course_utils.checks import expect_close"])
+
+
+@pytest.mark.parametrize("source, reason", [
+    ("get_ipython().input_transformers_post.append(lambda lines: [])", "input transformer"),
+    ("ip = get_ipython()\nip.ast_transformers.append(T())", "AST transformer"),
+    ("get_ipython().events.register('pre_run_cell', f)", "event callback"),
+    ("checks.expect_close = lambda *a, **k: None", "patches checks.expect_close"),
+    ("import importlib\nimportlib.reload = lambda m: m", "patches importlib.reload"),
+    ("expect_close = print", "rebinds expect_close"),
+    ("def expect_close(*a, **k):\n    pass", "redefines expect_close"),
+    ("torch.allclose = lambda *a, **k: True", "patches torch.allclose"),
+    ("torch.Tensor.tolist = lambda self: [1]", "patches torch.Tensor.tolist"),
+    ("import sys\nsys.modules['course_utils.checks'] = fake", "sys.modules"),
+    ("import os\nos._exit(0)", "os._exit"),
+    ("class A:\n    def __eq__(self, other):\n        return True", "__eq__"),
+    ("import builtins\nbuiltins.isinstance = lambda *a: True", "patches builtins.isinstance"),
+    ("exec(open('x.py').read())", "dynamic code"),
+    ("open('../../gradebook.db', 'rb')", "gradebook"),
+    ("src = open('/srv/course/solutions/01/01.ipynb').read()", "solutions"),
+    ("x = 1\n### BEGIN HIDDEN TESTS\nassert True", "markers"),
+    ("import numpy as checks", "rebinds checks with an import"),
+    ("import sys\nsys.settrace(tracer)", "trace function"),
+])
+def test_scan_flags_tampering(source: str, reason: str):
+    found = codescan.scan(source, IMPORTS)
+    assert any(reason.lower() in f.lower() for f in found), f"{reason!r} not in {found}"
+
+
+@pytest.mark.parametrize("source", [
+    "def softmax(x, dim=-1):\n    e = (x - x.max(dim, keepdim=True).values).exp()\n    return e / e.sum(dim, keepdim=True)",
+    "import torch\nimport torch.nn.functional as F\ntorch.manual_seed(0)\ntorch.backends.cudnn.deterministic = True",
+    "import os\nos.environ['TOKENIZERS_PARALLELISM'] = 'false'",
+    "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])",
+    "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))",
+    "class Head(torch.nn.Module):\n    def __init__(self, d):\n        super().__init__()\n        self.q = torch.nn.Linear(d, d)",
+    "import sys\nprint(sys.version)\nsys.exit('done')",
+])
+def test_scan_leaves_ordinary_code_alone(source: str):
+    assert codescan.scan(source, IMPORTS) == []
+
+
+def test_import_copies_keeps_every_version_and_skips_links(tmp_path: Path):
+    src = tmp_path / "in" / "alice" / "01_x"
+    src.mkdir(parents=True)
+    (src / "01_x.ipynb").write_text("v1")
+    (src / "data.txt").write_text("data")
+    os.symlink("/etc/passwd", src / "passwd")
+    ws_sub, archive = tmp_path / "ws" / "submitted", tmp_path / "ws" / "archive"
+
+    first = submissions.import_submission(src, "alice", "01_x", ws_sub, archive)
+    assert first.changed and first.archived is None and sorted(first.manifest) == ["01_x.ipynb", "data.txt"]
+    assert any("passwd" in item and "link" in item for item in first.left_out)
+    assert not (ws_sub / "alice" / "01_x" / "passwd").exists()
+    again = submissions.import_submission(src, "alice", "01_x", ws_sub, archive)
+    assert not again.changed and not list(archive.glob("*/*/*"))
+
+    (src / "01_x.ipynb").write_text("v2")
+    third = submissions.import_submission(src, "alice", "01_x", ws_sub, archive)
+    assert third.changed and third.archived is not None
+    assert (third.archived / "01_x.ipynb").read_text() == "v1"
+    assert (ws_sub / "alice" / "01_x" / "01_x.ipynb").read_text() == "v2"
+    assert (src / "01_x.ipynb").read_text() == "v2", "the submission folder itself is only read"
+
+
+def test_discover_skips_what_it_cannot_grade(tmp_path: Path):
+    (tmp_path / "bob" / "01_x").mkdir(parents=True)
+    (tmp_path / "bob" / "99_unknown").mkdir(parents=True)
+    (tmp_path / "bad name!" / "01_x").mkdir(parents=True)
+    (tmp_path / "stray.ipynb").write_text("{}")
+    found, warnings = submissions.discover(tmp_path, {"01_x"})
+    assert [(s, a) for s, a, _ in found] == [("bob", "01_x")]
+    assert len(warnings) == 3 and any("unknown assignment" in w for w in warnings)
+
+
+def test_sentinels_score_only_cells_that_ran_to_their_end():
+    nb = nbformat.v4.new_notebook()
+    for grade_id in ("ran", "blanked", "hooked"):
+        cell = nbformat.v4.new_code_cell(f"# {grade_id}")
+        cell.metadata["nbgrader"] = {"grade": True, "grade_id": grade_id, "points": 1, "solution": False,
+                                     "locked": True}
+        nb.cells.append(cell)
+    originals = integrity.add_sentinels(nb, "nonce")
+    assert all("course-sentinel" in c.source for c in nb.cells)
+    tokens = {i: tok for i, (_, tok) in originals.items()}
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"hello\n{tokens[0]}\n")]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{tokens[2]}\n")]
+    findings = integrity.Findings()
+    records = integrity.settle_test_cells(nb, originals, {2: "a hook was active"}, {}, findings)
+    assert [r["passed"] for r in records] == [True, False, False]
+    assert nb.cells[0].outputs[0].text == "hello\n" and nb.cells[0].source == "# ran"
+    assert findings.as_dict()["flagged"] and len(findings.review) == 2
+
+
+def test_feedback_hides_hidden_tests_and_test_tracebacks():
+    cell = nbformat.v4.new_code_cell('"""checks."""\nexpect(1)\n### BEGIN HIDDEN TESTS\nsecret_case(42)\n'
+                                     "### END HIDDEN TESTS")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1}
+    cell.outputs = [nbformat.v4.new_output("error", ename="CheckFailure", evalue="Check failed: x",
+                                           traceback=["----> 4 secret_case(42)", "CheckFailure: Check failed: x"])]
+    out, _ = feedback.HideHiddenTests().preprocess_cell(cell, {}, 0)
+    assert "secret_case" not in out.source and "hidden tests: not shown" in out.source
+    assert out.outputs[0].traceback == ["CheckFailure: Check failed: x"]
+
+
+def test_probe_expression_is_one_expression():
+    compile(integrity.probe_expression(["/opt/python"]), "<probe>", "eval")
+
+
+def test_repo_nbgrader_config_matches_the_course_defaults():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    repo = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    assert repo.CourseDirectory.source_directory == "solutions"
+    assert repo.CourseDirectory.release_directory == "notebooks"
+    assert repo.OverwriteCells.add_missing_cells is True
+    ws = grading.Workspace.at(ROOT, "/tmp/nowhere")
+    merged = grading.nbgrader_config(ws)
+    assert merged.CourseDirectory.db_url == "sqlite:////tmp/nowhere/gradebook.db", "workspace paths always win"
+    assert "course_utils.executor.SandboxedExecute" in merged.Autograde.autograde_preprocessors
+    assert "nbgrader.preprocessors.Execute" not in merged.Autograde.autograde_preprocessors
+
+
+@pytest.mark.skipif(sandbox.detect_mode("auto") not in sandbox.ISOLATING_MODES,
+                    reason="bubblewrap isolation is not available here (Debian package 'bubblewrap')")
+def test_sandbox_sees_nothing_of_the_course_and_has_no_network(tmp_path: Path):
+    code = f"""
+import json, os, socket
+seen = {{}}
+for path in [{str(ROOT / 'solutions')!r}, {str(ROOT / 'grading')!r}, {str(ROOT / 'README.md')!r}, {str(tmp_path)!r},
+             '/home', '/etc/shadow']:
+    try:
+        seen[path] = 'listed' if os.path.isdir(path) and os.listdir(path) is not None else open(path).read(1) and 'read'
+    except Exception as err:
+        seen[path] = type(err).__name__
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=2)
+    seen['network'] = 'open'
+except OSError as err:
+    seen['network'] = type(err).__name__
+for path in ['/usr/lib/x', {str(sandbox.course_package_dir() / 'x')!r}]:
+    try:
+        open(path, 'w').close()
+        seen['write ' + path] = 'ok'
+    except OSError as err:
+        seen['write ' + path] = type(err).__name__
+seen['uid'] = os.getuid()
+print(json.dumps(seen))
+"""
+    mode = sandbox.detect_mode("auto")
+    proc = sandbox.run_python(code, mode)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert all(v in ("FileNotFoundError", "PermissionError") for k, v in seen.items()
+               if k.startswith("/")), seen
+    assert seen["network"] != "open"
+    assert all(v != "ok" for k, v in seen.items() if k.startswith("write")), seen
+    if mode == "bwrap":
+        assert seen["uid"] == sandbox.NOBODY
