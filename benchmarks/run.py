@@ -51,6 +51,7 @@ TARGETS = {
     "redraw_p95_ms": 100.0,    # a widget control changed -> redraw finished, in the kernel
 }
 RSS_MARK, WIDGET_MARK = "__BENCH_RSS__", "__BENCH_WIDGETS__"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def isolated_env(tmp: Path, *, autograde: bool) -> dict[str, str]:
         "XDG_CACHE_HOME": cache, "IPYTHONDIR": str(tmp / "ipython"), "JUPYTER_CONFIG_DIR": str(tmp / "jupyter"),
         "JUPYTER_DATA_DIR": str(tmp / "jupyter-data"), "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
     env.pop("MPLBACKEND", None)
@@ -137,7 +138,8 @@ def discover(only: list[str] | None = None, source: Path = ROOT / "solutions") -
 # 1 + 2. Executing one notebook (runs in a child process: ``--execute-one``)
 
 RSS_PROBE = f"""import json as _j, resource as _r
-print({RSS_MARK!r} + _j.dumps({{"self_kb": _r.getrusage(_r.RUSAGE_SELF).ru_maxrss,
+_u = _r.getrusage(_r.RUSAGE_SELF)
+print({RSS_MARK!r} + _j.dumps({{"self_kb": _u.ru_maxrss, "cpu_s": _u.ru_utime + _u.ru_stime,
                                  "children_kb": _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss}}))"""
 
 WIDGET_PROBE = f'''def _bench_widget_latency(budget_s=25.0, per_control=30):
@@ -252,14 +254,18 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
                             resources={"metadata": {"path": str(cwd)}}, on_cell_start=on_cell_start)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
-    error = None
+    error = trace = None
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:400] if str(err).strip() else ''}"
+        text = _ANSI.sub("", str(err)).strip()
+        error = f"{type(err).__name__}: {text.splitlines()[-1][:400] if text else ''}"
+        trace = "\n".join(text.splitlines()[-25:])
     except Exception as err:  # noqa: BLE001 - reported in the results, never hides the other notebooks
         error = f"{type(err).__name__}: {err}"
+        trace = traceback.format_exc(limit=5)
     t_end = starts.get(n_orig, time.perf_counter())
     peak["stop"] = True
     failed_cell = None
@@ -279,9 +285,12 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
     widgets = _marked(nb.cells[n_orig + 1], WIDGET_MARK) if error is None and mode == "normal" else None
     result = {
         "notebook": path.stem, "mode": mode, "ok": error is None, "error": error, "failed_cell": failed_cell,
+        "traceback": trace,
         "wall_s": round(t_end - t0, 2),
         "kernel_start_s": round(min(starts.values()) - t0, 2) if starts else None,
         "kernel_peak_rss_mb": round(rss["self_kb"] * 1024 / 1e6, 1) if rss else None,
+        "kernel_cpu_s": round(rss["cpu_s"], 1) if rss else None,
+        "load_avg_1m_at_start": load_at_start,
         "kernel_children_peak_rss_mb": round(rss["children_kb"] * 1024 / 1e6, 1) if rss else None,
         "sampled_tree_peak_rss_mb": round(peak["tree"] / 1e6, 1),
         "slowest_cells": [{"cell": i, "s": round(s, 2), "first_line": line} for s, i, line in durations[:4]],
@@ -368,16 +377,40 @@ def autograde_bench(notebooks: list[Path], timeout: float = 900) -> dict:
             dest = subs / nb.parent.name
             shutil.copytree(nb.parent, dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         env = isolated_env(tmp, autograde=False)
+        # Its own workspace (gradebook, autograded copies): the repo's grading/ folder is never touched.
+        cmd = [str(course), "--root", str(ROOT), "--workspace", str(tmp / "workspace"), "autograde",
+               str(tmp / "submissions")]
         start = time.perf_counter()
-        proc = subprocess.run([str(course), "autograde", str(tmp / "submissions")], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
         seconds = time.perf_counter() - start
-        out = (proc.stdout + proc.stderr).strip()
+        out = _ANSI.sub("", proc.stdout + proc.stderr).strip()
+        reported = re.search(r"([0-9.]+) s per submission", out)
+        result = {"submissions": len(notebooks), "seconds_total": round(seconds, 1),
+                  "seconds_per_submission": round(seconds / max(len(notebooks), 1), 1),
+                  "grader_seconds_per_submission": float(reported.group(1)) if reported else None,
+                  "summary": next((line for line in out.splitlines() if "submissions:" in line), out[-300:])}
+        scores = _autograde_scores(tmp / "workspace")
+        if scores:
+            result["scores"] = scores
         if proc.returncode != 0:
-            return {"status": "failed", "reason": f"`course autograde` exited {proc.returncode}: {out[-400:]}",
-                    "seconds_total": round(seconds, 1)}
-        return {"status": "ok", "submissions": len(notebooks), "seconds_total": round(seconds, 1),
-                "seconds_per_submission": round(seconds / max(len(notebooks), 1), 1), "output_tail": out[-400:]}
+            return {**result, "status": "failed",
+                    "reason": f"`course autograde` exited {proc.returncode}: {result['summary'][:300]}"}
+        return {**result, "status": "ok"}
+
+
+def _autograde_scores(workspace: Path) -> dict | None:
+    """score / max score per notebook from the workspace's nbgrader gradebook (None when unreadable)."""
+    db = workspace / "gradebook.db"
+    if not db.exists():
+        return None
+    try:
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{db}") as gb:
+            return {sub.assignment.name: [round(sub.score, 2), round(sub.max_score, 2)]
+                    for student in gb.students for sub in student.submissions}
+    except Exception:  # noqa: BLE001 - scores are a bonus in the report
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -706,9 +739,9 @@ def render_markdown(results: dict) -> str:
              f"≤ {t['rss_mb'] / 1000:.1f} GB peak RSS; ≤ {t['autograde_s']:.0f} s with `NBGRADER_EXECUTION` set; "
              f"whole course ≤ {t['course_s'] / 60:.0f} min; widget redraw p95 ≤ {t['redraw_p95_ms']:.0f} ms. "
              "✅ met, ❌ missed.", "",
-             "| notebook | run top to bottom | peak RSS | under autograding | widget redraw median / p95 "
+             "| notebook | run top to bottom | kernel CPU | peak RSS | under autograding | widget redraw median / p95 "
              "(changes) | slowest cell |",
-             "|---|---:|---:|---:|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---|"]
     for row in results["notebooks"]:
         normal, grade, w = row["normal"], row.get("autograde"), row.get("widgets")
         if normal.get("ok"):
@@ -729,18 +762,23 @@ def render_markdown(results: dict) -> str:
                f"({w['changes']})" if w else "no observed control")
         slow = normal.get("slowest_cells") or []
         slowest = f"{slow[0]['s']:.1f} s: `{slow[0]['first_line'].replace('|', '¦')}`" if slow else ""
-        lines.append(f"| {row['notebook']} | {wall} | {rss} | {ag} | {wid} | {slowest} |")
+        cpu = f"{normal['kernel_cpu_s']:.0f} s" if normal.get("kernel_cpu_s") is not None else "–"
+        lines.append(f"| {row['notebook']} | {wall} | {cpu} | {rss} | {ag} | {wid} | {slowest} |")
     c = results["course"]
     lines += ["", f"**Whole course** (every notebook, one after the other): {c['total_s']:.0f} s"
               f"{_mark(c['ok'] and c['total_s'] <= t['course_s'])} (target ≤ {t['course_s']:.0f} s); "
               f"under autograding {c['total_autograde_s']:.0f} s."
               if c.get("total_s") is not None else "**Whole course**: no notebook ran."]
     a = results.get("autograde") or {}
-    if a.get("status") == "ok":
-        per = a["seconds_per_submission"]
-        lines += ["", f"**Autograding** with `course autograde` (the solutions as one student's "
-                      f"{a['submissions']} notebooks): {a['seconds_total']:.0f} s in all, {per:.1f} s per notebook"
-                      f"{_mark(per <= t['autograde_s'])}."]
+    if a.get("status") in ("ok", "failed") and a.get("seconds_total") is not None:
+        per = a.get("grader_seconds_per_submission") or a["seconds_per_submission"]
+        scores = "; ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in sorted((a.get("scores") or {}).items()))
+        lines += ["", f"**Autograding** with `course autograde` (the solutions handed in as one student's "
+                      f"{a['submissions']} notebooks, sandboxed as for real submissions): {per:.1f} s per "
+                      f"submission{_mark(a['status'] == 'ok' and per <= t['autograde_s'])} "
+                      f"({a['seconds_total']:.0f} s in all, set-up included)"
+                      + (f"; scores: {scores}" if scores else "") + "."
+                      + (f" **Failed**: {a.get('reason')}" if a["status"] == "failed" else "")]
     else:
         lines += ["", f"**Autograding** with `course autograde`: {a.get('status', 'not run')} "
                       f"({a.get('reason', 'skipped with --no-autograde')})."]

@@ -64,7 +64,8 @@ _JS_STATE = """() => {
   const w = window.jupyterapp.shell.currentWidget;
   const code = w.content.widgets.filter(c => c.model.type === 'code');
   const errors = [];
-  code.forEach((c, i) => {
+  w.content.widgets.forEach((c, i) => {
+    if (c.model.type !== 'code') return;
     for (const o of c.model.outputs.toJSON()) {
       if (o.output_type === 'error') errors.push({cell: i, ename: o.ename, evalue: String(o.evalue).slice(0, 300)});
     }
@@ -328,7 +329,11 @@ def open_and_run_all(page: Any, url: str, *, run_timeout: float = 180.0, start_t
     reloaded and Run All is sent again, once.
     """
     for attempt in range(1, attempts + 1):
-        page.goto(url, wait_until="domcontentloaded")
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+        except Exception as err:  # noqa: BLE001 - JupyterLab's router may replace the first navigation
+            if "ERR_ABORTED" not in str(err):
+                raise
         _wait(page, _JS_APP_READY, "ready", 120, "the notebook and its kernel to be ready")
         start = time.monotonic()
         page.evaluate(_JS_RUN_ALL)
@@ -362,8 +367,10 @@ def _signature(cell: Any) -> str:
 
 
 def _describe(control: Any) -> str:
+    """The control's description (its label), e.g. 'temperature'."""
     return control.evaluate("""(el) => {
-      const w = el.closest('.jupyter-widgets.widget-inline-hbox') || el.closest('.jupyter-widgets');
+      const w = el.closest('.widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-text, '
+                           + '.widget-textarea');
       const label = w && w.querySelector('.widget-label');
       return label ? label.textContent.trim() : '';
     }""")
@@ -398,11 +405,16 @@ def _change(page: Any, control: Any) -> str:
             control.press("Enter")
         control.evaluate("(el) => el.blur()")  # continuous_update=False widgets sync on blur
         return {"number": "number box", "textarea": "text area"}.get(kind, "text box")
-    # A slider handle (noUiSlider): arrow keys move it one step, as a learner's keyboard would.
-    before = control.get_attribute("aria-valuenow")
+    # A slider handle (noUiSlider): arrow keys move it one step, as a learner's keyboard would. The readout
+    # says whether it moved (aria-valuenow lags behind and is rounded).
+    readout = """(el) => { const w = el.closest('.widget-slider');
+                           const r = w && w.querySelector('.widget-readout');
+                           return (r ? r.textContent : '') + '|' + el.getAttribute('aria-valuenow'); }"""
+    before = control.evaluate(readout)
     control.focus()
     page.keyboard.press("ArrowRight")
-    if control.get_attribute("aria-valuenow") == before:  # already at the maximum
+    time.sleep(0.3)
+    if control.evaluate(readout) == before:  # already at the maximum
         page.keyboard.press("ArrowLeft")
     return "slider"
 
@@ -453,9 +465,26 @@ def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 
     return pokes
 
 
-def screenshot_cell(page: Any, cell_index: int, path: Path) -> None:
-    """Save a PNG of one notebook cell (its code and its widget output)."""
+def screenshot_cell(page: Any, cell_index: int, path: Path, max_height: int = 2400) -> None:
+    """Save a PNG of one notebook cell (its code and its widget output), whole and unobstructed.
+
+    The status bar is hidden (it floats over the notebook's bottom edge) and the viewport grows to fit a tall
+    cell, since the notebook panel scrolls inside the page and an element screenshot cannot see past it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    page.evaluate("""() => { const app = window.jupyterapp;
+      if (app && app.commands.hasCommand('statusbar:toggle') && app.commands.isToggled('statusbar:toggle'))
+        return app.commands.execute('statusbar:toggle'); }""")
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(cell_index)
-    cell.scroll_into_view_if_needed()
-    cell.screenshot(path=str(path), animations="disabled")
+    viewport = page.viewport_size or {"width": 1280, "height": 900}
+    box = cell.bounding_box() or {"height": 0}
+    needed = min(max_height, int(box["height"]) + 160)  # + the menu and tab bars above the notebook
+    if needed > viewport["height"]:
+        page.set_viewport_size({"width": viewport["width"], "height": needed})
+        time.sleep(0.5)  # let JupyterLab lay the panels out again
+    try:
+        cell.evaluate("(el) => el.scrollIntoView({block: 'start'})")
+        time.sleep(0.3)
+        cell.screenshot(path=str(path), animations="disabled")
+    finally:
+        page.set_viewport_size(viewport)

@@ -88,14 +88,16 @@ def test_widget_redraws_in_the_browser(notebook: Path, lab: LabServer, browser):
     page.on("dialog", lambda dialog: dialog.dismiss())
     try:
         rel = f"{notebook.parent.name}/{notebook.name}"
-        seconds, attempts, state = open_and_run_all(page, f"{lab.url}/lab/tree/{rel}")
+        # A workspace of its own per notebook (reset): no tab of an earlier notebook is restored next to it.
+        url = f"{lab.url}/lab/workspaces/{notebook.stem}/tree/{rel}?reset"
+        seconds, attempts, state = open_and_run_all(page, url)
         assert not state["errors"], (f"{rel}: cells raised in the browser after {seconds:.0f} s: "
                                      f"{state['errors']}")
         assert state["executed"] == state["total"], f"{rel}: not every code cell ran ({state})"
         pokes = poke_widgets(page)
         if not pokes:
             pytest.skip(f"{rel}: no slider, dropdown or text box in the page after Run All")
-        report = "; ".join(f"cell {p.cell} {p.control} {p.description!r}: "
+        report = "; ".join(f"code cell {p.cell} {p.control} {p.description!r}: "
                            f"{'redrew' if p.changed else 'no change'} ({p.seconds} s)" for p in pokes)
         print(f"{rel}: ran in {seconds:.1f} s (attempt {attempts}); {report}")
         responded = [p for p in pokes if p.changed]
