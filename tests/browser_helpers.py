@@ -150,8 +150,9 @@ class LabServer:
     group (kernels included) is terminated on exit.
     """
 
-    def __init__(self, root: Path, *, startup_timeout: float = 90.0) -> None:
+    def __init__(self, root: Path, *, startup_timeout: float = 90.0, extra_env: dict[str, str] | None = None) -> None:
         self.root = Path(root)
+        self.extra_env = dict(extra_env or {})
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -181,6 +182,8 @@ class LabServer:
         })
         env.pop("JUPYTER_PATH", None)
         env.pop("MPLBACKEND", None)
+        env.pop("NBGRADER_EXECUTION", None)
+        env.update(self.extra_env)
         home.mkdir(parents=True, exist_ok=True)
         # No news/update pop-ups over the notebook, no extension manager calling PyPI.
         settings = self._tmp / "lab-settings" / "@jupyterlab"

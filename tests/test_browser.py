@@ -10,7 +10,8 @@ need an answer to draw anything. Needs Debian's ``chromium`` (``apt-get install 
 missing. Playwright's own browser download is never used.
 
 Environment knobs: COURSE_BROWSER_NOTEBOOKS (a folder laid out like solutions/, default solutions/),
-COURSE_SCREENSHOT_DIR (default docs/screenshots), CHROMIUM (the browser executable).
+COURSE_SCREENSHOT_DIR (default docs/screenshots), CHROMIUM (the browser executable),
+COURSE_BROWSER_AUTOGRADING=1 (run the kernels with NBGRADER_EXECUTION=autograde: smaller demos, faster).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SOURCE = Path(os.environ.get("COURSE_BROWSER_NOTEBOOKS", ROOT / "solutions"))
 SCREENSHOTS = Path(os.environ.get("COURSE_SCREENSHOT_DIR", ROOT / "docs" / "screenshots"))
 NOTEBOOKS = sorted(p for p in SOURCE.glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if has_widgets(p)]
+AUTOGRADING = os.environ.get("COURSE_BROWSER_AUTOGRADING", "") not in ("", "0")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def lab(playwright_api):
     for nb in WIDGET_NOTEBOOKS:
         shutil.copytree(nb.parent, root / nb.parent.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    server = LabServer(root)
+    server = LabServer(root, extra_env={"NBGRADER_EXECUTION": "autograde"} if AUTOGRADING else None)
     try:
         server.start()
         assert server.api("GET", "/api")["version"]
