@@ -234,10 +234,16 @@ class LabelScores:
     probs: torch.Tensor  # (N, 2): P(positive word), P(negative word)
     lengths: list[int]  # prompt lengths in tokens (before any truncation)
     truncated: list[bool]  # True where the prompt did not fit and lost its first tokens
+    top: list[str]  # the single most probable next token after each prompt: what greedy decoding would write
+    label_words: tuple[str, str] = ("positive", "negative")
 
     def predictions(self) -> list[str]:
         """``positive`` where the positive word is the more probable of the two, else ``negative``."""
         return ["positive" if bool(a > b) else "negative" for a, b in self.probs.tolist()]
+
+    def top_is(self, labels: Sequence[str]) -> list[bool]:
+        """Whether the most probable next token is exactly the right label word (`` positive`` for ``positive``...)."""
+        return [t == " " + self.label_words[y != "positive"] for t, y in zip(self.top, labels)]
 
     def mass(self) -> torch.Tensor:
         """``(N,)`` probability on either label word: how sure the model is that a label word comes next."""
@@ -268,11 +274,14 @@ def label_probabilities(model: Any, tokenizer: Any, prompts: Sequence[str], labe
                              "use fewer examples, shorter ones, or overflow='truncate' to drop the oldest tokens.")
         rows.append(ids[-ctx:])
     out = torch.empty(len(rows), 2)
+    top = torch.empty(len(rows), dtype=torch.long)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        out[torch.tensor(chunk)] = _last_token_probs(model, tokenizer, [rows[i] for i in chunk])[:, [ids_pos, ids_neg]]
-    return LabelScores(out, lengths, truncated)
+        chunk = torch.tensor(order[start:start + batch_size])
+        probs = _last_token_probs(model, tokenizer, [rows[i] for i in chunk.tolist()])  # (B, V)
+        out[chunk] = probs[:, [ids_pos, ids_neg]]
+        top[chunk] = probs.argmax(-1)
+    return LabelScores(out, lengths, truncated, [tokenizer.decode([int(i)]) for i in top], tuple(label_words))
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -336,6 +345,7 @@ class FewShotResult:
     mean_tokens: float  # mean prompt length in tokens
     truncated: float  # fraction of prompts that did not fit the context window
     per_set: list[float] = field(default_factory=list)  # accuracy with each example set
+    top_accuracy: float = 0.0  # fraction where the single most probable next token is the right label word
 
 
 def few_shot_eval(model: Any, tokenizer: Any, build_prompt: Callable[..., str], ks: Sequence[int] = (0, 1, 2, 4),
@@ -362,26 +372,28 @@ def few_shot_eval(model: Any, tokenizer: Any, build_prompt: Callable[..., str], 
     per = n // n_sets
     results = []
     for k in ks:
-        right, mass, lengths, cut, per_set = [], [], [], [], []
+        right, mass, lengths, cut, per_set, top = [], [], [], [], [], []
         for s, examples in enumerate(sets):
             group = queries[s * per:(s + 1) * per]  # alternating labels: each group is balanced
             prompts = [build_prompt(examples, text, k, **kwargs) for text, _ in group]
             scores = label_probabilities(model, tokenizer, prompts, label_words, overflow=overflow)
             ok = [p == label for p, (_, label) in zip(scores.predictions(), group)]
             right += ok
+            top += scores.top_is([label for _, label in group])
             per_set.append(sum(ok) / per)
             mass += scores.mass().tolist()
             lengths += scores.lengths
             cut += scores.truncated
         results.append(FewShotResult(name, k, sum(right) / n, sum(mass) / n, sum(lengths) / n, sum(cut) / n,
-                                     per_set))
+                                     per_set, sum(top) / n))
     return results
 
 
 def results_table(results: Sequence[FewShotResult]) -> str:
     """A plain-text table of few-shot results (one row per model and k)."""
-    lines = [f"{'model':<15}{'k':>3}{'accuracy':>10}{'P(label words)':>16}{'prompt tokens':>15}{'truncated':>11}"]
+    lines = [f"{'model':<15}{'k':>3}{'accuracy':>10}{'top token right':>17}{'P(label words)':>16}"
+             f"{'prompt tokens':>15}{'truncated':>11}"]
     for r in results:
-        lines.append(f"{r.model:<15}{r.k:>3}{r.accuracy:>10.2f}{r.label_mass:>16.3f}{r.mean_tokens:>15.0f}"
-                     f"{r.truncated:>11.0%}")
+        lines.append(f"{r.model:<15}{r.k:>3}{r.accuracy:>10.2f}{r.top_accuracy:>17.2f}{r.label_mass:>16.3f}"
+                     f"{r.mean_tokens:>15.0f}{r.truncated:>11.0%}")
     return "\n".join(lines)

@@ -154,6 +154,8 @@ def test_label_probabilities_match_one_prompt_at_a_time(base):
         ref = torch.softmax(sampling.next_token_logits(model, tok, p), -1)[ids]
         assert torch.allclose(scores.probs[i], ref, atol=1e-6), i
     assert scores.predictions()[0] in ("positive", "negative")
+    assert len(scores.top) == len(prompts) and all(isinstance(t, str) for t in scores.top)
+    assert scores.top_is(["positive"] * len(prompts)) == [t == " good" for t in scores.top]
     assert scores.mass().shape == (len(prompts),)
 
 
@@ -309,8 +311,12 @@ def test_explorer_samples_reproducible_continuations(base):
     ex.sample_button.click()
     first = list(ex.samples)
     assert len(first) == 3 and len(set(first)) > 1 and ex.sampler.last_error is None
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
     ex.sample_button.click()
     assert ex.samples == first  # same seed, same settings
+    assert torch.equal(torch.rand(3), before)  # the notebook's global random state is left alone
     ex.top_k.value = 1
     ex.sample_button.click()
     assert len(set(ex.samples)) == 1  # greedy

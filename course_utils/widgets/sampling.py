@@ -103,13 +103,16 @@ def plot_cumulative(sorted_probs: Any, p: float, n_kept: int, labels: Sequence[s
 
 def plot_few_shot(results: Sequence[FewShotResult], *, context_k: float | None = None,
                   chance: float = 0.5) -> Figure:
-    """Accuracy (left) and probability on the label words (right) against k, one line per model."""
+    """Accuracy (left: comparing the two label words, solid; the top token being the right word, dashed) and
+    the probability on the two label words (right) against k, one colour per model."""
     fig = Figure(figsize=(10, 3.4))
     ax_acc, ax_mass = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name in dict.fromkeys(r.model for r in results):
         rows = sorted((r for r in results if r.model == name), key=lambda r: r.k)
         ks = [r.k for r in rows]
-        ax_acc.plot(ks, [r.accuracy for r in rows], "o-", label=name)
+        line, = ax_acc.plot(ks, [r.accuracy for r in rows], "o-", label=f"{name}: right word more probable")
+        ax_acc.plot(ks, [r.top_accuracy for r in rows], "s--", color=line.get_color(), alpha=0.7,
+                    label=f"{name}: right word is the top token")
         ax_mass.plot(ks, [r.label_mass for r in rows], "o-", label=name)
         for r in rows:
             if r.truncated > 0:
@@ -124,7 +127,7 @@ def plot_few_shot(results: Sequence[FewShotResult], *, context_k: float | None =
         ax.set_xlabel("k (examples in the prompt)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -261,17 +264,18 @@ class DecodingExplorer(widgets.VBox):
         self.continuations.value = "<i>sampling...</i>"
         T, k, p = float(self.temperature.value), int(self.top_k.value), float(self.top_p.value)
         prompt = self.prompt.value
-        if "sample" in self._fns:
+        with torch.random.fork_rng():  # seed the draws without disturbing the notebook's own random state
             torch.manual_seed(int(self.seed.value))
-            fn = self._fns["sample"]
-            texts = generate_with(self._model, self._tokenizer, prompt,
-                                  lambda logits: fn(logits, temperature=T, top_k=k or None,
-                                                    top_p=p if p < 1.0 else None),
-                                  max_new_tokens=self._max_new, num_samples=self._n_samples)
-            how = "your <code>sample_next_token</code>"
-        else:
-            texts = self._generate(prompt, T, k, p)
-            how = "<code>model.generate</code> with a <code>GenerationConfig</code>"
+            if "sample" in self._fns:
+                fn = self._fns["sample"]
+                texts = generate_with(self._model, self._tokenizer, prompt,
+                                      lambda logits: fn(logits, temperature=T, top_k=k or None,
+                                                        top_p=p if p < 1.0 else None),
+                                      max_new_tokens=self._max_new, num_samples=self._n_samples)
+                how = "your <code>sample_next_token</code>"
+            else:
+                texts = self._generate(prompt, T, k, p)
+                how = "<code>model.generate</code> with a <code>GenerationConfig</code>"
         self.samples = list(texts)
         rows = "".join(f"<li><span style='color:#666'>{html.escape(prompt[-60:])}</span>"
                        f"<b>{html.escape(t)}</b></li>" for t in self.samples)
@@ -286,7 +290,6 @@ class DecodingExplorer(widgets.VBox):
         config = GenerationConfig(max_new_tokens=self._max_new, do_sample=True, temperature=T, top_k=k,
                                   top_p=p, num_return_sequences=self._n_samples,
                                   pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-        torch.manual_seed(int(self.seed.value))
         with torch.no_grad():
             out = self._model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         return [tok.decode(row[ids.shape[1]:]) for row in out]
