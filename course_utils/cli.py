@@ -62,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_autograde(args: argparse.Namespace) -> int:
-    from course_utils import grading  # noqa: PLC0415
+    from course_utils import autograde, grading  # noqa: PLC0415
 
     ws = _workspace(args)
     source = Path(args.dir).resolve()
@@ -74,8 +74,8 @@ def cmd_autograde(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     overrides = grading.settings_config(timeout=args.timeout, sandbox_mode=args.sandbox, memory_mb=args.memory_mb)
-    records = grading.autograde(ws, source, overrides=overrides, force=args.force, only_students=args.student,
-                                only_assignments=args.assignment, jobs=args.jobs)
+    records = autograde.autograde(ws, source, overrides=overrides, force=args.force, only_students=args.student,
+                                  only_assignments=args.assignment, jobs=args.jobs)
     graded = [r for r in records if r.status != "unchanged"]
     flagged = [r for r in records if r.review]
     errors = [r for r in records if r.status == "error"]
@@ -94,7 +94,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     from course_utils.feedback import generate_feedback  # noqa: PLC0415
 
     ws = _workspace(args)
-    written = generate_feedback(ws, args.student, args.assignment)
+    written = generate_feedback(ws, args.student, args.assignment, include_flagged=args.include_flagged)
     print(f"{len(written)} feedback files under {ws.feedback}")
     return 0
 
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("feedback", help="feedback HTML per graded submission (hidden tests not shown)")
     p.add_argument("--student", action="append")
     p.add_argument("--assignment", action="append")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="also for submissions flagged for review (look at them first)")
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("grades", help="write the grades CSV (scores, flags for review, sandbox mode)")

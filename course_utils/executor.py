@@ -38,11 +38,15 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer, List, Unicode
 
-from course_utils import integrity
+from course_utils import integrity, probe
 from course_utils import sandbox as _sandbox
 
 
 _TELLING = re.compile(r"Error|Traceback|Killed|denied|cannot|failed", re.I)
+
+
+class KernelStartError(RuntimeError):
+    """The sandboxed kernel did not come up (before any of the submission's code ran)."""
 
 
 class SandboxKernelManager(AsyncKernelManager):
@@ -91,7 +95,11 @@ class SandboxedExecute(NbGraderPreprocessor):
                               ).tag(config=True)
     max_output_bytes = Integer(10_000_000, help="bytes of output kept per notebook").tag(config=True)
     sandbox = Unicode("auto", help="sandbox mode: auto, bwrap, bwrap-userns, setpriv or none").tag(config=True)
+    start_attempts = Integer(3, help="tries to start the kernel (a start failure runs no student code)"
+                             ).tag(config=True)
     memory_mb = Integer(_sandbox.Limits.memory_mb, help="address-space limit of the kernel (MB)").tag(config=True)
+    source_directory = Unicode("solutions", help="the course's source folder (the assignment's data files are "
+                               "copied from there)").tag(config=True)
     report_directory = Unicode("", help="where the per-notebook integrity reports go "
                                "(default: 'integrity' next to the gradebook)").tag(config=True)
 
@@ -104,13 +112,20 @@ class SandboxedExecute(NbGraderPreprocessor):
             findings.note(f"sandbox mode {mode!r}: {_sandbox.describe(mode)}")
         nonce = secrets.token_hex(12)
         originals = integrity.add_sentinels(nb, nonce)
-        scratch = _sandbox.prepare_scratch()
-        try:
-            _copy_assignment_files(Path(resources.get("metadata", {}).get("path") or "."), scratch / "work")
-            run = _Run(self, nb, mode, scratch, nonce)
-            run_sync(run.execute)()
-        finally:
-            _sandbox.remove_scratch(scratch)
+        for attempt in range(1, self.start_attempts + 1):  # a kernel that fails to *start* ran no student code
+            scratch = _sandbox.prepare_scratch()
+            try:
+                _copy_assignment_files(Path(self.source_directory) / str(info.get("assignment", "")), scratch / "work")
+                run = _Run(self, nb, mode, scratch, nonce)
+                run_sync(run.execute)()
+                break
+            except KernelStartError as err:
+                if attempt == self.start_attempts:
+                    raise
+                self.log.warning("%s; trying again (%d/%d)", err, attempt + 1, self.start_attempts)
+                findings.note(f"the kernel failed to start once: {str(err)[:200]}")
+            finally:
+                _sandbox.remove_scratch(scratch)
         cells = integrity.settle_test_cells(nb, originals, run.zeroed, run.not_run, findings)
         for message in run.problems:
             findings.flag(message)
@@ -137,7 +152,11 @@ class SandboxedExecute(NbGraderPreprocessor):
 
 
 def _copy_assignment_files(src: Path, dest: Path) -> None:
-    """Regular files of the assignment folder (not notebooks, not links) into the sandbox's working folder."""
+    """The instructor's files of the assignment (not notebooks, not links) into the sandbox's working folder.
+
+    Files a student handed in next to the notebook are *not* copied: a ``torch.py`` or ``course_utils/`` there
+    would shadow the real ones for the tests.
+    """
     if not src.is_dir():
         return
     for path in sorted(src.rglob("*")):
@@ -159,16 +178,20 @@ class _Run:
         self.problems: list[str] = []         # review-level findings of the run
         self.client_truncated = False
         self.kernel_log = ""
+        self.started = False
         limits = _sandbox.Limits(memory_mb=owner.memory_mb)
-        km = SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
-                                  sandbox_argv=_sandbox.kernel_argv(mode, scratch, scratch / "work", limits))
+        self.km = km = SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
+                                            sandbox_argv=_sandbox.kernel_argv(mode, scratch, scratch / "work",
+                                                                              limits))
         self.client = _Client(nb, km=km, timeout=owner.timeout, startup_timeout=owner.startup_timeout,
                               allow_errors=True, interrupt_on_timeout=False, raise_on_iopub_timeout=False,
                               iopub_timeout=5, record_timing=False, shutdown_kernel="immediate",
                               skip_cells_with_tag=f"never-skip-{nonce}", max_output_bytes=owner.max_output_bytes,
                               on_cell_executed=_record_silent_error,
                               resources={"metadata": {"path": str(scratch / "work")}})
-        self.probe_expr = integrity.probe_expression([str(p) for p in _sandbox.readonly_binds()])
+        trusted = [str(p) for p in _sandbox.readonly_binds()]
+        self.probe_expr = probe.probe_expression(trusted)
+        self.full_probe_expr = probe.probe_expression(trusted, full=True)
         self.log_path = scratch.parent / f"{scratch.name}.log"
 
     async def execute(self) -> None:
@@ -177,10 +200,17 @@ class _Run:
         with open(self.log_path, "wb") as log:
             try:
                 async with client.async_setup_kernel(cwd=str(self.scratch / "work"), env=env, stdout=log,
-                                                     stderr=log):
+                                                     stderr=log, cleanup_kc=True):
                     await self._cells(deadline)
+            except Exception as err:
+                if self.started:
+                    raise
+                tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ")
+                raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
+                                   f"kernel log: {tail}") from err
             finally:
                 self.client_truncated = bool(client.truncated)
+                await self._kill(self.km)  # whatever happened, no kernel outlives its notebook
         tail = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace") if self.log_path.exists() else ""
         self.log_path.unlink(missing_ok=True)
         telling = [line.strip() for line in tail.splitlines() if _TELLING.search(line)]
@@ -189,7 +219,8 @@ class _Run:
 
     async def _cells(self, deadline: float) -> None:
         client = self.client
-        baseline = await self._probe()
+        self.started = True
+        baseline = await self._probe(full=True)
         if baseline is None:
             self.problems.append("the kernel's hooks could not be inspected at start-up")
             baseline = []
@@ -239,7 +270,7 @@ class _Run:
             if dead is not None and is_test and index not in self.not_run:
                 self.zeroed.setdefault(index, dead)
         if dead is None:
-            final = await self._probe()
+            final = await self._probe(full=True)
             new = [h for h in (final or []) if h not in baseline]
             if final is None or new:
                 self.problems.append("untrusted code was hooked into the kernel by the end: "
@@ -263,9 +294,9 @@ class _Run:
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 return reply.get("content", {})
 
-    async def _probe(self) -> list[str] | None:
+    async def _probe(self, full: bool = False) -> list[str] | None:
         """The untrusted hooks the kernel reports, or None when the probe failed or did not answer."""
-        content = await self._request({"probe": self.probe_expr}, timeout=20)
+        content = await self._request({"probe": self.full_probe_expr if full else self.probe_expr}, timeout=30)
         result = (content or {}).get("user_expressions", {}).get("probe", {})
         if result.get("status") != "ok":
             return None
@@ -293,10 +324,13 @@ class _Run:
         await self._kill()
         return False
 
-    async def _kill(self) -> None:
-        km = self.client.km
-        if km is not None and await self._alive():
-            await ensure_async(km.shutdown_kernel(now=True))
+    async def _kill(self, km: AsyncKernelManager | None = None) -> None:
+        km = km or self.client.km
+        if km is not None and km.has_kernel:
+            try:
+                await ensure_async(km.shutdown_kernel(now=True))
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
 
 def _record_silent_error(cell: NotebookNode, execute_reply: dict, **_: Any) -> None:

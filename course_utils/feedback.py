@@ -10,7 +10,8 @@ from pathlib import Path
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from course_utils.grading import COURSE_ID, Workspace, coursedir_for, LogCapture, load_records, nbgrader_config
+from course_utils.autograde import load_records
+from course_utils.grading import COURSE_ID, LogCapture, Workspace, coursedir_for, nbgrader_config
 from course_utils.integrity import HIDDEN_BEGIN, HIDDEN_END
 
 CSV_COLUMNS = ["student_id", "assignment", "status", "score", "max_score", "percent", "flagged", "flag_reasons",
@@ -47,14 +48,22 @@ class HideHiddenTests(NbGraderPreprocessor):
 
 
 def generate_feedback(ws: Workspace, students: list[str] | None = None, names: list[str] | None = None,
-                      log=print) -> list[Path]:  # noqa: ANN001 - print-like
-    """HTML feedback for every graded submission (``feedback/<student>/<assignment>/<notebook>.html``)."""
+                      include_flagged: bool = False, log=print) -> list[Path]:  # noqa: ANN001 - print-like
+    """HTML feedback for every graded submission (``feedback/<student>/<assignment>/<notebook>.html``).
+
+    Flagged submissions are left out unless ``include_flagged``: review them first (a submission that hooked
+    the kernel could have copied test code into its own outputs).
+    """
     from nbgrader.converters import GenerateFeedback  # noqa: PLC0415
 
     config = nbgrader_config(ws)
     written: list[Path] = []
     for record in load_records(ws):
         if (students and record.student not in students) or (names and record.assignment not in names):
+            continue
+        if record.review and record.status != "zero" and not include_flagged:
+            log(f"{record.student}/{record.assignment}: flagged for review, no feedback yet "
+                "(review it, then: course feedback --include-flagged --student ...)")
             continue
         dest = ws.feedback / record.student / record.assignment
         if not (ws.autograded / record.student / record.assignment).is_dir():

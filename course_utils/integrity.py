@@ -8,7 +8,7 @@ Three layers (see docs/instructor.md for what they do not catch):
   (nbgrader restores their source), and the student's own code is scanned (:mod:`course_utils.codescan`).
 * sentinels (:func:`add_sentinels`, :func:`settle_test_cells`): each test cell gets a random marker printed at its
   very end; no marker, no points.
-* the hook probe (:data:`PROBE_SOURCE`), evaluated in the kernel before each test cell: input/AST transformers,
+* the hook probe (:mod:`course_utils.probe`), evaluated in the kernel before each test cell: input/AST transformers,
   event callbacks, patched shell/kernel/session methods, replaced builtins, patched functions of imported library
   modules and of the check helpers, when the code behind them comes from outside the read-only installation
   (i.e. from the notebook). A test cell that runs under such a hook scores 0.
@@ -134,128 +134,6 @@ def settle_test_cells(nb: NotebookNode, originals: dict[int, tuple[str, str]], z
         records.append({"grade_id": grade_id, "points": float(meta.get("points", 0) or 0), "passed": passed,
                         **({"reason": reason} if reason else {})})
     return records
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The hook probe (runs inside the kernel: standard library and IPython only, no names left behind)
-
-PROBE_SOURCE = r'''
-def probe(trusted):
-    import builtins, functools, sys, types
-    from IPython import get_ipython
-    trusted = tuple(trusted)
-    out = []
-    plain = (types.BuiltinFunctionType, types.BuiltinMethodType, types.WrapperDescriptorType,
-             types.MethodWrapperType, types.MethodDescriptorType, types.ClassMethodDescriptorType,
-             types.GetSetDescriptorType, types.MemberDescriptorType)
-
-    def where(obj, depth=0):
-        if depth > 4:
-            return "?"
-        if isinstance(obj, functools.partial):
-            return where(obj.func, depth + 1)
-        if isinstance(obj, (staticmethod, classmethod)):
-            return where(obj.__func__, depth + 1)
-        if isinstance(obj, property):
-            return where(obj.fget, depth + 1) if obj.fget else "<builtin>"
-        func = getattr(obj, "__func__", obj)
-        code = getattr(func, "__code__", None)
-        if isinstance(code, types.CodeType):
-            name = code.co_filename
-            if name.startswith("<") and not name.startswith("<ipython"):
-                module = sys.modules.get(getattr(func, "__module__", None) or "")
-                return getattr(module, "__file__", None) or name
-            return name
-        if isinstance(obj, plain) or obj is None:
-            return "<builtin>"
-        if isinstance(obj, type):
-            if obj.__module__ in ("builtins", "__builtin__"):
-                return "<builtin>"
-            if obj.__module__ == "__main__":
-                return "<notebook>"
-            return getattr(sys.modules.get(obj.__module__), "__file__", None) or "?"
-        return where(type(obj), depth + 1)
-
-    def ok(obj):
-        name = where(obj)
-        return name == "<builtin>" or name.startswith("<frozen") or name.startswith(trusted)
-
-    def check(label, obj):
-        if not ok(obj):
-            name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-            out.append(f"{label} -> {name} ({where(obj)})")
-
-    def check_object(label, obj):
-        if obj is None:
-            return
-        check(f"type of {label}", type(obj))
-        for cls in type(obj).__mro__:
-            for key, value in list(vars(cls).items()):
-                if isinstance(value, (types.FunctionType, staticmethod, classmethod, property)):
-                    check(f"{cls.__name__}.{key}", value)
-        try:
-            items = list(vars(obj).items())
-        except TypeError:
-            items = []
-        for key, value in items:
-            if callable(value) and not isinstance(value, type):
-                check(f"{label}.{key}", value)
-
-    ip = get_ipython()
-    if ip is not None:
-        manager = ip.input_transformer_manager
-        for label, hooks in [("input_transformers_post", ip.input_transformers_post),
-                             ("input_transformers_cleanup", ip.input_transformers_cleanup),
-                             ("line_transforms", getattr(manager, "line_transforms", [])),
-                             ("token_transformers", getattr(manager, "token_transformers", [])),
-                             ("ast_transformers", ip.ast_transformers)]:
-            for hook in hooks:
-                check(label, hook)
-        for event, callbacks in ip.events.callbacks.items():
-            for callback in callbacks:
-                check(f"event {event}", callback)
-        if ip.custom_exceptions:
-            out.append(f"custom exception handler for {ip.custom_exceptions!r}")
-        kernel = getattr(ip, "kernel", None)
-        for label, obj in [("shell", ip), ("kernel", kernel), ("session", getattr(kernel, "session", None)),
-                           ("display_pub", ip.display_pub), ("displayhook", ip.displayhook),
-                           ("compile", ip.compile), ("events", ip.events), ("transformer", manager),
-                           ("stdout", sys.stdout), ("stderr", sys.stderr)]:
-            check_object(label, obj)
-        for name in ("shell_handlers", "control_handlers"):
-            for key, handler in (getattr(kernel, name, None) or {}).items():
-                check(f"kernel.{name}[{key}]", handler)
-        if ip.user_ns.get("__builtins__", builtins) not in (builtins, vars(builtins)):
-            out.append("the notebook's __builtins__ was replaced")
-    for label, hook in [("sys.displayhook", sys.displayhook), ("sys.excepthook", sys.excepthook),
-                        ("sys.breakpointhook", sys.breakpointhook), ("trace function", sys.gettrace()),
-                        ("profile function", sys.getprofile())]:
-        check(label, hook)
-    for finder in list(sys.meta_path) + list(sys.path_hooks):
-        check("import hook", finder)
-    for key, value in list(vars(builtins).items()):
-        if callable(value):
-            check(f"builtins.{key}", value)
-    for modname, module in list(sys.modules.items()):
-        if modname == "__main__" or not str(getattr(module, "__file__", "") or "").startswith(trusted):
-            continue
-        for key, value in list(getattr(module, "__dict__", {}).items()):
-            if isinstance(value, (types.FunctionType, functools.partial)) and not ok(value):
-                check(f"{modname}.{key}", value)
-            elif isinstance(value, type) and value.__module__ == modname and (
-                    modname.startswith("course_utils") or modname in ("torch", "numpy")):
-                for attr, member in list(vars(value).items()):
-                    if isinstance(member, types.FunctionType):
-                        check(f"{modname}.{key}.{attr}", member)
-    return out
-'''
-
-
-def probe_expression(trusted_prefixes: list[str]) -> str:
-    """A single Python expression that runs :data:`PROBE_SOURCE` in a private namespace and returns JSON."""
-    trusted = sorted({p.rstrip("/") + "/" for p in trusted_prefixes} | {"/usr/lib/", "/usr/local/lib/"})
-    return (f"(lambda g: (exec({PROBE_SOURCE!r}, g), __import__('json').dumps(g['probe']({trusted!r}))))"
-            "({'__name__': 'course_probe'})[1]")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,14 +7,15 @@ that works on this machine):
 ``bwrap``
     bubblewrap, started as root: new mount, PID, network, IPC and UTS namespaces. The sandbox's file system is
     built from an allow-list: ``/usr`` and ``/etc`` (read-only), the Python installation, the virtual environment
-    and the ``course_utils`` package (read-only), a private ``/tmp`` and the scratch folder holding a copy of the
-    submission. The course root, the gradebook, ``solutions/``, other submissions and home folders simply do not
-    exist in there. The kernel then drops to uid/gid 65534 (nobody) with no capabilities and ``no_new_privs``.
+    and the ``course_utils`` package (read-only), a private ``/tmp`` and the scratch folder (the kernel's working
+    folder, holding the instructor's data files of the assignment). The course root, the gradebook,
+    ``solutions/``, other submissions and home folders simply do not exist in there. The kernel then drops to a fresh unused uid/gid (one per kernel, >= 200000) with no
+    capabilities and ``no_new_privs``.
 ``bwrap-userns``
     the same file-system view for a grader that is not root (unprivileged user namespaces): the kernel appears as
     uid 65534 but is the grader's own user outside.
 ``setpriv``
-    no bubblewrap, grader is root: the kernel runs as uid 65534 in a private scratch folder, with the same limits.
+    no bubblewrap, grader is root: the kernel runs as a fresh unused uid in a private scratch folder, same limits.
     It cannot write the grader's files nor read private ones, but it can read world-readable files (``solutions/``
     usually is) and it has the network.
 ``none``
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,8 @@ from pathlib import Path
 
 MODES = ("bwrap", "bwrap-userns", "setpriv", "none")
 ISOLATING_MODES = ("bwrap", "bwrap-userns")
-NOBODY = 65534
+NOBODY = 65534                       # the uid seen inside a user namespace (bwrap-userns)
+FIRST_UID, UID_RANGE = 200_000, 100_000  # root modes: a random uid in [200000, 300000) per kernel
 _LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
 _SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -121,11 +124,18 @@ def kernel_argv(mode: str, scratch: Path, workdir: Path, limits: Limits = Limits
         raise ValueError(f"unknown sandbox mode {mode!r}; use one of {', '.join(MODES)} or 'auto'")
     python = python or sys.executable
     kernel = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    drop = ["--uid", str(NOBODY), "--gid", str(NOBODY), "--own", str(scratch)] if mode in ("bwrap", "setpriv") else []
+    uid = sandbox_uid()
+    drop = ["--uid", str(uid), "--gid", str(uid), "--own", str(scratch)] if mode in ("bwrap", "setpriv") else []
     launch = [python, "-I", str(_LAUNCHER), *drop, *limits.launcher_args(), "--", *kernel]
     if mode in ISOLATING_MODES:
         return bwrap_prefix(scratch, workdir, userns=mode == "bwrap-userns", limits=limits) + launch
     return launch
+
+
+def sandbox_uid() -> int:
+    """A fresh, unused uid for one kernel (root modes): sandboxes running side by side cannot signal each other
+    and do not share a process limit. No account has it, so it owns nothing outside its scratch folder."""
+    return FIRST_UID + secrets.randbelow(UID_RANGE)
 
 
 def kernel_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -141,7 +151,10 @@ def kernel_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, 
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home / ".cache/huggingface"),
         "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1",  # the working folder never shadows installed modules
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        # the kernel imports the grader's own course_utils (read-only in the sandbox), however it is installed
+        "PYTHONPATH": str(course_package_dir().parent),
     }
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if key in os.environ:
@@ -198,15 +211,16 @@ def run_python(code: str, mode: str, limits: Limits = Limits(), timeout: float =
 
 @functools.lru_cache(maxsize=None)
 def _works(mode: str) -> tuple[bool, str]:
-    """Whether a Python with ipykernel starts in ``mode`` here (as uid 65534 where the mode drops privileges)."""
+    """Whether a Python with ipykernel starts in ``mode`` here (unprivileged where the mode drops privileges)."""
     try:
         proc = run_python("import os, ipykernel; print(os.getuid())", mode)
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, str(err)
     if proc.returncode != 0:
         return False, (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-    if mode in ("bwrap", "setpriv") and proc.stdout.strip() != str(NOBODY):
-        return False, f"the kernel ran as uid {proc.stdout.strip()}, not {NOBODY}"
+    uid = proc.stdout.strip()
+    if mode in ("bwrap", "setpriv") and (not uid.isdigit() or uid == "0"):
+        return False, f"the kernel ran as uid {uid!r}: privileges were not dropped"
     return True, ""
 
 
@@ -236,8 +250,9 @@ def detect_mode(requested: str = "auto") -> str:
 def describe(mode: str) -> str:
     """One line for logs and reports: what ``mode`` protects."""
     return {
-        "bwrap": "bubblewrap namespaces, allow-listed read-only file system, no network, uid 65534",
+        "bwrap": "bubblewrap namespaces, allow-listed read-only file system, no network, unprivileged uid",
         "bwrap-userns": "bubblewrap namespaces (user namespace), allow-listed read-only file system, no network",
-        "setpriv": "uid 65534 in a private folder: no bubblewrap, world-readable files and the network are reachable",
+        "setpriv": "unprivileged uid in a private folder: no bubblewrap, world-readable files and the network are "
+                   "reachable",
         "none": "NOT ISOLATED: the kernel runs as the grader (install bubblewrap, see the README)",
     }[mode]

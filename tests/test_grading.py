@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import cli, grading, sandbox
+from course_utils import autograde, cli, grading, sandbox
 
 FIXTURES = Path(__file__).parent / "fixtures" / "grading"
 ASSIGNMENT = "01_fixture"
@@ -97,12 +97,12 @@ def test_solutions_full_marks_blank_zero_and_regrading_is_idempotent(course: Pat
 
     # unchanged input and settings: nothing is graded again, nothing changes
     overrides = grading.settings_config(timeout=int(TIMEOUT))
-    records = grading.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides, log=lambda *_: None)
+    records = autograde.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides, log=lambda *_: None)
     assert {r.status for r in records} == {"unchanged"}
     assert _grades(Path(cli_grades(course, ws))) == grades
     # a changed submission is graded again and the old copy is archived, not overwritten
     nbformat.write(release, subs / "perfect" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
-    records = {r.student: r for r in grading.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides,
+    records = {r.student: r for r in autograde.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides,
                                                           log=lambda *_: None)}
     assert records["perfect"].status == "graded" and records["perfect"].score == 0
     archived = list((ws / "archive" / "perfect" / ASSIGNMENT).glob("*/*.ipynb"))
@@ -122,7 +122,7 @@ def test_fallback_mode_without_isolation_still_grades(course: Path, tmp_path: Pa
     nbformat.write(solved, subs / "perfect" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
     ws = grading.Workspace.at(course, tmp_path / "ws")
     overrides = grading.settings_config(timeout=int(TIMEOUT), sandbox_mode="none")
-    [record] = grading.autograde(ws, subs, overrides=overrides, log=lambda *_: None)
+    [record] = autograde.autograde(ws, subs, overrides=overrides, log=lambda *_: None)
     assert (record.score, record.sandbox) == (5.0, "none")
     assert any("NOT ISOLATED" in note for note in record.notes)
 
@@ -171,3 +171,33 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
     assert solutions.read_bytes() == solutions_before
     report = json.loads((ws / "integrity" / "solution" / ASSIGNMENT / f"{ASSIGNMENT}.json").read_text())
     assert report["sandbox"] in sandbox.ISOLATING_MODES and all(c["passed"] for c in report["cells"])
+
+    # feedback: generated for the unflagged and the ungradable ones, held back for the flagged, never hidden tests
+    assert cli.main(base + ["feedback"]) == 0
+    pages = {p.parts[-3]: p.read_text() for p in (ws / "feedback").glob(f"*/{ASSIGNMENT}/*.html")}
+    expected = {s for s, c in cases.items() if not c.flagged or c.status == "zero"}
+    assert set(pages) == expected
+    assert not [s for s, page in pages.items() if "add(-5, -7)" in page or "BEGIN HIDDEN" in page]
+
+
+@pytest.mark.slow
+def test_control_without_isolation_the_attacks_do_work(course: Path, tmp_path: Path):
+    """Control experiment: with `--sandbox none` the same two attacks succeed (the solutions are read, the
+    gradebook is rewritten), so the hostile suite passes because of the sandbox, not because the attacks are inert."""
+    release, solved = _notebooks(course)
+    staging, subs, ws = tmp_path / "all", tmp_path / "subs", tmp_path / "ws"
+    solutions = course / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    hostile.build(release, solved, staging, gradebook=ws / "gradebook.db", solutions=solutions)
+    for student in ("read_solutions", "solution", "write_gradebook"):
+        shutil.copytree(staging / student, subs / student)
+    overrides = grading.settings_config(timeout=int(TIMEOUT), sandbox_mode="none")
+    records = {r.student: r for r in autograde.autograde(grading.Workspace.at(course, ws), subs, overrides=overrides,
+                                                          jobs=1, log=lambda *_: None)}
+    assert records["read_solutions"].score == 2, "unsandboxed, the stolen solution of add() earns its 2 points"
+    with sqlite3.connect(ws / "gradebook.db") as con:
+        [(rewritten,)] = con.execute(
+            "SELECT SUM(COALESCE(grade.manual_score, grade.auto_score)) FROM grade "
+            "JOIN submitted_notebook ON grade.notebook_id = submitted_notebook.id "
+            "JOIN submitted_assignment ON submitted_notebook.assignment_id = submitted_assignment.id "
+            "WHERE submitted_assignment.student_id = 'solution'").fetchall()
+    assert records["solution"].score == 5 and rewritten == 400, "unsandboxed, the gradebook was rewritten"

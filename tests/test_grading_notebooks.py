@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import grading
+from course_utils import autograde, grading
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for p in (ROOT / "solutions").glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -34,7 +34,7 @@ def test_solutions_get_full_marks_and_the_blank_release_zero(source: Path, tmp_p
         (subs / student / name).mkdir(parents=True)
         nbformat.write(nb, subs / student / name / source.name)
     ws = grading.Workspace.at(ROOT, tmp_path / "workspace")
-    records = {r.student: r for r in grading.autograde(
+    records = {r.student: r for r in autograde.autograde(
         ws, subs, overrides=grading.settings_config(timeout=TIMEOUT), only_assignments=[name], jobs=2,
         log=lambda *_: None)}
     perfect, blank = records["solutions"], records["blank"]
