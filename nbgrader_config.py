@@ -46,6 +46,7 @@ c.SandboxedExecute.interrupt_grace = 5
 c.SandboxedExecute.max_output_bytes = 10_000_000
 c.SandboxedExecute.sandbox = "auto"         # bwrap > bwrap-userns > setpriv > none (say which in the grades)
 c.SandboxedExecute.memory_mb = 8192         # address space per kernel
+c.SandboxedExecute.stderr_fails_tests = False  # a warning on stderr in a test cell does not fail it
 
 # Feedback never shows hidden test code, nor tracebacks of test cells (they quote the test's lines).
 c.GenerateFeedback.preprocessors = [

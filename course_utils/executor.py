@@ -36,7 +36,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Integer, List, Unicode
+from traitlets import Bool, Integer, List, Unicode
 
 from course_utils import integrity, probe
 from course_utils import sandbox as _sandbox
@@ -98,6 +98,8 @@ class SandboxedExecute(NbGraderPreprocessor):
     start_attempts = Integer(3, help="tries to start the kernel (a start failure runs no student code)"
                              ).tag(config=True)
     memory_mb = Integer(_sandbox.Limits.memory_mb, help="address-space limit of the kernel (MB)").tag(config=True)
+    stderr_fails_tests = Bool(False, help="nbgrader's rule: a test cell that writes to stderr (a warning) scores 0"
+                              ).tag(config=True)
     source_directory = Unicode("solutions", help="the course's source folder (the assignment's data files are "
                                "copied from there)").tag(config=True)
     report_directory = Unicode("", help="where the per-notebook integrity reports go "
@@ -126,7 +128,8 @@ class SandboxedExecute(NbGraderPreprocessor):
                 findings.note(f"the kernel failed to start once: {str(err)[:200]}")
             finally:
                 _sandbox.remove_scratch(scratch)
-        cells = integrity.settle_test_cells(nb, originals, run.zeroed, run.not_run, findings)
+        cells = integrity.settle_test_cells(nb, originals, run.zeroed, run.not_run, findings,
+                                            stderr_fails=self.stderr_fails_tests)
         for message in run.problems:
             findings.flag(message)
         if run.kernel_log:

@@ -43,7 +43,7 @@ def test_solutions_get_full_marks_and_the_blank_release_zero(source: Path, tmp_p
     failing = [c["grade_id"] + (f" ({c['reason']})" if c.get("reason") else "") for c in perfect.cells
                if not c["passed"]]
     assert perfect.status == "graded" and perfect.score == perfect.max_score, \
-        f"{name}: the solutions lose points on {failing} (a test cell that writes to stderr scores 0 in nbgrader)"
+        f"{name}: the solutions lose points on {failing}: see {ws.integrity / 'solutions' / name}"
     assert not perfect.review, f"{name}: false alarms on the solutions: {perfect.review}"
     passing = [c["grade_id"] for c in blank.cells if c["passed"]]
     assert blank.score == 0, f"{name}: the blank release earns points on {passing}"

@@ -172,3 +172,18 @@ print(json.dumps(seen))
     assert all(v != "ok" for k, v in seen.items() if k.startswith("write")), seen
     if mode == "bwrap":
         assert seen["uid"] >= sandbox.FIRST_UID
+
+
+@pytest.mark.parametrize("stderr_fails", [False, True])
+def test_a_warning_in_a_test_cell_fails_it_only_under_nbgraders_rule(stderr_fails: bool):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("check()")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
+    nb.cells.append(cell)
+    originals = integrity.add_sentinels(nb, "n")
+    token = originals[0][1]
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="FutureWarning: something is deprecated\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text=f"{token}\n")]
+    [record] = integrity.settle_test_cells(nb, originals, {}, {}, integrity.Findings(), stderr_fails=stderr_fails)
+    assert record["passed"] is (not stderr_fails)
+    assert "FutureWarning" in cell.outputs[0].text, "the warning is still shown"
