@@ -48,20 +48,41 @@ CONTROL_PARTS = (".widget-slider, .widget-dropdown, .widget-text, .widget-textar
                  "input, select, textarea, .widget-button, .widget-toggle-buttons, .widget-radio, "
                  ".widget-checkbox")
 
-_JS_APP_READY = """() => {
-  const app = window.jupyterapp;
-  const w = app && app.shell && app.shell.currentWidget;
+# JupyterLab is driven through its own application object (served with expose_app_in_browser), the way
+# JupyterLab's Galata test tool does: commands by id, state read from the models, never from pixel positions.
+_PANEL = """const app = window.jupyterapp;
+  const w = Array.from(app.shell.widgets('main')).find(x => x.id === id);"""
+
+_JS_LAB_READY = """async () => { const app = window.jupyterapp;
+  if (!app || !app.shell) return false; await app.restored; return true; }"""
+
+_JS_OPEN = """async (path) => { const app = window.jupyterapp;
+  const w = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+  app.shell.activateById(w.id);
+  return w.id; }"""
+
+_JS_CLOSE_ALL = """async () => { const app = window.jupyterapp;
+  for (const w of Array.from(app.shell.widgets('main'))) {
+    if (!w.sessionContext) continue;
+    if (w.context && w.context.model) w.context.model.dirty = false;   // no "save changes?" dialog
+    try { await w.sessionContext.shutdown(); } catch (e) { /* kernel already gone */ }
+    w.dispose();
+  }
+  return true; }"""
+
+_JS_READY = """(id) => { """ + _PANEL + """
   if (!w || !w.content || !w.sessionContext || !w.context || !w.context.isReady) return 'no notebook yet';
   const sc = w.sessionContext;
   if (!sc.session || !sc.session.kernel) return 'no kernel yet';
   if (sc.kernelDisplayStatus !== 'idle') return 'kernel ' + sc.kernelDisplayStatus;
-  return 'ready';
-}"""
+  return 'ready'; }"""
 
-_JS_RUN_ALL = """() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }"""
+_JS_RUN_ALL = """(id) => { """ + _PANEL + """
+  app.shell.activateById(id);
+  app.commands.execute('notebook:run-all-cells');
+  return true; }"""
 
-_JS_STATE = """() => {
-  const w = window.jupyterapp.shell.currentWidget;
+_JS_STATE = """(id) => { """ + _PANEL + """
   const code = w.content.widgets.filter(c => c.model.type === 'code');
   const errors = [];
   w.content.widgets.forEach((c, i) => {
@@ -76,8 +97,7 @@ _JS_STATE = """() => {
     executed: code.filter(c => c.model.executionCount !== null).length,
     total: code.length,
     errors,
-  };
-}"""
+  }; }"""
 
 # Signature of what a cell displays, controls removed: plots (img src), printed text, HTML widgets.
 _JS_SIGNATURE = """(cell, parts) => {
@@ -295,26 +315,26 @@ class WidgetPoke:
 
 
 @dataclass
-class NotebookRun:
-    """The outcome of opening a notebook in the browser, running it, and poking its widgets."""
-    notebook: str
-    run_seconds: float = 0.0
-    attempts: int = 0
-    errors: list[dict] = field(default_factory=list)
-    pokes: list[WidgetPoke] = field(default_factory=list)
-    screenshot: str | None = None
+class RunAll:
+    """A notebook opened in the page and run: its panel id, how long Run All took, and the final state."""
+    panel: str
+    seconds: float
+    attempts: int
+    state: dict
+    load_seconds: float = 0.0
+    kernel_seconds: float = 0.0
 
-    @property
-    def responded(self) -> list[WidgetPoke]:
-        return [p for p in self.pokes if p.changed]
+    def cells(self, page: Any) -> Any:
+        """The notebook's code cells (a Playwright locator)."""
+        return page.locator(f'[id="{self.panel}"] .jp-Notebook .jp-CodeCell')
 
 
-def _wait(page: Any, js: str, want: Any, timeout: float, what: str, poll: float = 0.25) -> Any:
+def _wait(page: Any, js: str, want: Any, timeout: float, what: str, arg: Any = None, poll: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            last = page.evaluate(js)
+            last = page.evaluate(js, arg)
         except Exception as err:  # noqa: BLE001 - page still loading: evaluate again
             last = f"{type(err).__name__}: {err}"
         if last == want:
@@ -323,27 +343,55 @@ def _wait(page: Any, js: str, want: Any, timeout: float, what: str, poll: float 
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last state: {last!r})")
 
 
-def open_and_run_all(page: Any, url: str, *, run_timeout: float = 180.0, start_timeout: float = 15.0,
-                     attempts: int = 2) -> tuple[float, int, dict]:
-    """Open a notebook URL, Run All, wait until the kernel is idle with no cell running.
+def load_lab(page: Any, lab_url: str, workspace: str = "browser-tests") -> float:
+    """Load JupyterLab in ``page`` with a fresh workspace (nothing restored); returns the seconds it took."""
+    start = time.monotonic()
+    try:
+        page.goto(f"{lab_url}/lab/workspaces/{workspace}?reset", wait_until="domcontentloaded")
+    except Exception as err:  # noqa: BLE001 - JupyterLab's router may replace the first navigation
+        if "ERR_ABORTED" not in str(err):
+            raise
+    _wait(page, _JS_LAB_READY, True, 120, "JupyterLab to load")
+    return time.monotonic() - start
 
-    Returns (seconds for the run, attempts used, final state). The first Run All after a server starts can be
-    lost (the kernel is not quite connected yet): when no cell starts within ``start_timeout`` the page is
-    reloaded and Run All is sent again, once.
+
+def _lab_loaded(page: Any) -> bool:
+    try:
+        return bool(page.evaluate("() => !!(window.jupyterapp && window.jupyterapp.shell)"))
+    except Exception:  # noqa: BLE001 - a blank or crashed page
+        return False
+
+
+def close_notebooks(page: Any) -> None:
+    """Shut down the kernels of the open notebooks and close them (unsaved changes are dropped)."""
+    if _lab_loaded(page):
+        page.evaluate(_JS_CLOSE_ALL)
+
+
+def open_and_run_all(page: Any, lab_url: str, path: str, *, run_timeout: float = 300.0,
+                     start_timeout: float = 15.0, attempts: int = 2) -> RunAll:
+    """Open the notebook at ``path`` (relative to the server root), Run All, wait until it is done.
+
+    JupyterLab is loaded once per page and reused for the next notebooks (the earlier ones are closed and their
+    kernels shut down). Done = kernel idle and no cell running, three polls in a row. The first Run All after a
+    server starts can be lost (the kernel is not quite connected yet): when no cell starts within
+    ``start_timeout`` JupyterLab is reloaded and Run All sent again, once.
     """
+    load_seconds = 0.0
     for attempt in range(1, attempts + 1):
-        try:
-            page.goto(url, wait_until="domcontentloaded")
-        except Exception as err:  # noqa: BLE001 - JupyterLab's router may replace the first navigation
-            if "ERR_ABORTED" not in str(err):
-                raise
-        _wait(page, _JS_APP_READY, "ready", 120, "the notebook and its kernel to be ready")
+        if attempt > 1 or not _lab_loaded(page):
+            load_seconds += load_lab(page, lab_url)
+        close_notebooks(page)
+        opened = time.monotonic()
+        panel = page.evaluate(_JS_OPEN, path)
+        _wait(page, _JS_READY, "ready", 120, f"{path} and its kernel to be ready", panel)
+        kernel_seconds = time.monotonic() - opened
         start = time.monotonic()
-        page.evaluate(_JS_RUN_ALL)
+        page.evaluate(_JS_RUN_ALL, panel)
         started = False
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
-            state = page.evaluate(_JS_STATE)
+            state = page.evaluate(_JS_STATE, panel)
             if state["running"] or state["executed"]:
                 started = True
                 break
@@ -351,17 +399,17 @@ def open_and_run_all(page: Any, url: str, *, run_timeout: float = 180.0, start_t
         if not started:
             if attempt < attempts:
                 continue
-            raise TimeoutError(f"Run All did not start any cell in {start_timeout:.0f} s (state {state})")
+            raise TimeoutError(f"Run All did not start any cell of {path} in {start_timeout:.0f} s (state {state})")
         deadline = time.monotonic() + run_timeout
         stable = 0
         while time.monotonic() < deadline:
-            state = page.evaluate(_JS_STATE)
+            state = page.evaluate(_JS_STATE, panel)
             done = state["kernel"] == "idle" and state["running"] == 0
             stable = stable + 1 if done else 0
             if stable >= 3:  # idle on three polls in a row: outputs have landed
-                return time.monotonic() - start, attempt, state
+                return RunAll(panel, time.monotonic() - start, attempt, state, load_seconds, kernel_seconds)
             time.sleep(0.3)
-        raise TimeoutError(f"notebook still running after {run_timeout:.0f} s (state {state})")
+        raise TimeoutError(f"{path} still running after {run_timeout:.0f} s (state {state})")
     raise AssertionError("unreachable")
 
 
@@ -422,14 +470,14 @@ def _change(page: Any, control: Any) -> str:
     return "slider"
 
 
-def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 3,
+def poke_widgets(page: Any, run: RunAll, *, max_cells: int = 6, max_controls_per_cell: int = 3,
                  change_timeout: float = 20.0) -> list[WidgetPoke]:
     """For each cell whose output holds a control, change controls until the cell's display changes.
 
     The display signature is the cell's output HTML with the controls cut out (plots' image data, printed
     text, HTML widgets), so a moving slider readout alone does not count as a change.
     """
-    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    cells = run.cells(page)
     pokes: list[WidgetPoke] = []
     tried_cells = 0
     for i in range(cells.count()):
@@ -454,7 +502,7 @@ def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 
             deadline = time.monotonic() + change_timeout
             while time.monotonic() < deadline:
                 time.sleep(0.25)
-                state = page.evaluate(_JS_STATE)
+                state = page.evaluate(_JS_STATE, run.panel)
                 now = _signature(cell)
                 if now != before and state["kernel"] == "idle":
                     time.sleep(0.5)  # let a clear_output(wait=True) redraw settle
@@ -468,7 +516,7 @@ def poke_widgets(page: Any, *, max_cells: int = 6, max_controls_per_cell: int = 
     return pokes
 
 
-def screenshot_cell(page: Any, cell_index: int, path: Path, max_height: int = 2400) -> None:
+def screenshot_cell(page: Any, run: RunAll, cell_index: int, path: Path, max_height: int = 2400) -> None:
     """Save a PNG of one notebook cell (its code and its widget output), whole and unobstructed.
 
     The status bar is hidden (it floats over the notebook's bottom edge) and the viewport grows to fit a tall
@@ -478,7 +526,7 @@ def screenshot_cell(page: Any, cell_index: int, path: Path, max_height: int = 24
     page.evaluate("""() => { const app = window.jupyterapp;
       if (app && app.commands.hasCommand('statusbar:toggle') && app.commands.isToggled('statusbar:toggle'))
         return app.commands.execute('statusbar:toggle'); }""")
-    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(cell_index)
+    cell = run.cells(page).nth(cell_index)
     viewport = page.viewport_size or {"width": 1280, "height": 900}
     box = cell.bounding_box() or {"height": 0}
     needed = min(max_height, int(box["height"]) + 160)  # + the menu and tab bars above the notebook
