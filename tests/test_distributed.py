@@ -87,3 +87,14 @@ def test_spawn_start_method_works_too():
 def test_unknown_start_method():
     with pytest.raises(ValueError, match="start_method"):
         distributed.run_data_parallel(start_method="teleport")
+
+
+@pytest.mark.skipif(distributed.default_start_method() != "fork", reason="needs forked workers to see the patch")
+def test_a_failing_worker_is_reported_with_its_traceback(monkeypatch):
+    def broken(seed=0):
+        raise ValueError("no model today")
+
+    monkeypatch.setattr(distributed, "make_model", broken)
+    with pytest.raises(RuntimeError, match="no model today"):
+        distributed.run_data_parallel(world_size=2, steps=1, timeout_s=60)
+    assert multiprocessing.active_children() == []
