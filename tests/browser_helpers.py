@@ -368,7 +368,7 @@ def close_notebooks(page: Any) -> None:
         page.evaluate(_JS_CLOSE_ALL)
 
 
-def open_and_run_all(page: Any, lab_url: str, path: str, *, run_timeout: float = 300.0,
+def open_and_run_all(page: Any, lab_url: str, path: str, *, run_timeout: float = 420.0,
                      start_timeout: float = 15.0, attempts: int = 2) -> RunAll:
     """Open the notebook at ``path`` (relative to the server root), Run All, wait until it is done.
 
@@ -434,7 +434,7 @@ def _change(page: Any, control: Any) -> str:
         n = control.evaluate("(el) => el.options.length")
         current = control.evaluate("(el) => el.selectedIndex")
         if n < 2:
-            return "dropdown (one option)"
+            return "dropdown with one option: cannot change"
         control.select_option(index=(current + 1) % n)
         return "dropdown"
     if tag == "button":
@@ -467,6 +467,9 @@ def _change(page: Any, control: Any) -> str:
     time.sleep(0.3)
     if control.evaluate(readout) == before:  # already at the maximum
         page.keyboard.press("ArrowLeft")
+        time.sleep(0.3)
+        if control.evaluate(readout) == before:
+            return "slider with one position: cannot change"
     return "slider"
 
 
@@ -498,6 +501,9 @@ def poke_widgets(page: Any, run: RunAll, *, max_cells: int = 6, max_controls_per
             description = _describe(control)
             start = time.monotonic()
             kind = _change(page, control)
+            if kind.endswith("cannot change"):
+                pokes.append(WidgetPoke(cell=i, control=kind, description=description, changed=False, seconds=0.0))
+                continue
             changed = False
             deadline = time.monotonic() + change_timeout
             while time.monotonic() < deadline:

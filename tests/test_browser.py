@@ -12,10 +12,10 @@ missing. Playwright's own browser download is never used.
 Environment knobs: COURSE_BROWSER_NOTEBOOKS (a folder laid out like solutions/, default solutions/),
 COURSE_SCREENSHOT_DIR (default docs/screenshots), CHROMIUM (the browser executable).
 
-Speed: the kernels run with NBGRADER_EXECUTION=autograde, the notebooks' fast path (demo-only training uses
-its cached or smaller result: <= 20 s a notebook), because the widgets and their code are the same and the
-suite has to stay within a few minutes on 2 cores. COURSE_BROWSER_LEARNER_MODE=1 runs them exactly as a
-learner does instead (slower: the full demos). JupyterLab is loaded once and reused for every notebook.
+Learner mode by default: the kernels run exactly as a learner's (no NBGRADER_EXECUTION), since a notebook's
+autograding fast path may show a smaller widget (e.g. one cached run instead of a sweep). The time is mostly the
+notebooks' own run time (the whole course: <= 5 min on 2 cores); JupyterLab is loaded once and reused.
+COURSE_BROWSER_AUTOGRADING=1 runs the kernels with NBGRADER_EXECUTION=autograde instead (faster, smaller demos).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SOURCE = Path(os.environ.get("COURSE_BROWSER_NOTEBOOKS", ROOT / "solutions"))
 SCREENSHOTS = Path(os.environ.get("COURSE_SCREENSHOT_DIR", ROOT / "docs" / "screenshots"))
 NOTEBOOKS = sorted(p for p in SOURCE.glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if has_widgets(p)]
-LEARNER_MODE = os.environ.get("COURSE_BROWSER_LEARNER_MODE", "") not in ("", "0")
+AUTOGRADING = os.environ.get("COURSE_BROWSER_AUTOGRADING", "") not in ("", "0")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def lab(playwright_api):
     for nb in WIDGET_NOTEBOOKS:
         shutil.copytree(nb.parent, root / nb.parent.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    server = LabServer(root, extra_env=None if LEARNER_MODE else {"NBGRADER_EXECUTION": "autograde"})
+    server = LabServer(root, extra_env={"NBGRADER_EXECUTION": "autograde"} if AUTOGRADING else None)
     try:
         server.start()
         assert server.api("GET", "/api")["version"]
