@@ -40,9 +40,9 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
-c.SandboxedExecute.timeout = 30             # seconds per cell, then interrupt (kill if it ignores the interrupt)
+c.SandboxedExecute.timeout = 60             # seconds per cell, then interrupt (kill if it ignores the interrupt)
 c.SandboxedExecute.notebook_timeout = 900   # seconds per notebook
-c.SandboxedExecute.interrupt_grace = 5
+c.SandboxedExecute.interrupt_grace = 10
 c.SandboxedExecute.max_output_bytes = 10_000_000
 c.SandboxedExecute.sandbox = "auto"         # bwrap > bwrap-userns > setpriv > none (say which in the grades)
 c.SandboxedExecute.memory_mb = 8192         # address space per kernel

@@ -39,7 +39,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     if not names:
         print(f"no assignments in {root / 'solutions'} (expected solutions/NN_topic/NN_topic.ipynb)", file=sys.stderr)
         return 1
-    written = grading.release(root, names, args.out)
+    written = grading.release(root, names, args.out, force=args.force)
     for path in written:
         print(f"released {path.relative_to(path.parents[1])} -> {path}")
     return 0
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("release", help="generate the student notebooks (notebooks/) from solutions/")
     p.add_argument("assignment", nargs="*", help="assignments to release (default: all)")
     p.add_argument("--out", help="release folder (default: <root>/notebooks)")
+    p.add_argument("--force", action="store_true", help="overwrite release notebooks that have outputs")
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("validate", help="run a notebook and list the checks that fail (exit 1 if any)")
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="grade again even when nothing changed")
     p.add_argument("--student", action="append", help="only this student (repeatable)")
     p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
-    p.add_argument("--timeout", type=int, help="seconds per cell before it is interrupted (default 30)")
+    p.add_argument("--timeout", type=int, help="seconds per cell before it is interrupted (default 60)")
     p.add_argument("--sandbox", choices=["auto", "bwrap", "bwrap-userns", "setpriv", "none"],
                    help="isolation mode (default auto: the strongest that works here)")
     p.add_argument("--memory-mb", type=int, help="address-space limit per kernel (default 8192)")

@@ -49,6 +49,11 @@ class KernelStartError(RuntimeError):
     """The sandboxed kernel did not come up (before any of the submission's code ran)."""
 
 
+class GraderTooSlowError(RuntimeError):
+    """An instructor's cell timed out before any student code ran: grade again, on a faster machine or with a
+    longer timeout (the submission gets status "error", not a zero)."""
+
+
 class SandboxKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel command is the sandbox command line (interrupts go by message)."""
 
@@ -88,10 +93,10 @@ class _Client(NotebookClient):
 class SandboxedExecute(NbGraderPreprocessor):
     """Execute a submission in the grading sandbox, with sentinels, hook probes, timeouts and output caps."""
 
-    timeout = Integer(30, help="seconds a cell may run before it is interrupted").tag(config=True)
+    timeout = Integer(60, help="seconds a cell may run before it is interrupted").tag(config=True)
     notebook_timeout = Integer(900, help="seconds the whole notebook may take").tag(config=True)
     startup_timeout = Integer(120, help="seconds to wait for the kernel to start").tag(config=True)
-    interrupt_grace = Integer(5, help="seconds an interrupted kernel gets to answer before it is killed"
+    interrupt_grace = Integer(10, help="seconds an interrupted kernel gets to answer before it is killed"
                               ).tag(config=True)
     max_output_bytes = Integer(10_000_000, help="bytes of output kept per notebook").tag(config=True)
     sandbox = Unicode("auto", help="sandbox mode: auto, bwrap, bwrap-userns, setpriv or none").tag(config=True)
@@ -139,6 +144,7 @@ class SandboxedExecute(NbGraderPreprocessor):
         report = {
             "student": info.get("student"), "assignment": info.get("assignment"), "notebook": info.get("notebook"),
             "sandbox": mode, "seconds": round(time.perf_counter() - started, 2), "cells": cells,
+            "probe_seconds": round(run.probe_seconds, 2),
             **findings.as_dict(),
         }
         self._write_report(report, info)
@@ -182,6 +188,7 @@ class _Run:
         self.client_truncated = False
         self.kernel_log = ""
         self.started = False
+        self.probe_seconds = 0.0
         limits = _sandbox.Limits(memory_mb=owner.memory_mb)
         self.km = km = SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
                                             sandbox_argv=_sandbox.kernel_argv(mode, scratch, scratch / "work",
@@ -228,6 +235,7 @@ class _Run:
             self.problems.append("the kernel's hooks could not be inspected at start-up")
             baseline = []
         dead: str | None = None
+        student_code_ran = False  # until then, a timeout is the machine's fault, not the submission's
         for index, cell in enumerate(self.nb.cells):
             if cell.cell_type != "code" or not cell.source.strip():
                 continue
@@ -252,9 +260,15 @@ class _Run:
                     dead = "the kernel died"
                     self.not_run[index] = dead
                     continue
+            student_code_ran = student_code_ran or not cell.metadata.get("nbgrader", {}).get("locked", False)
             try:
                 await client.async_execute_cell(cell, index, store_history=True)
             except CellTimeoutError:
+                if not student_code_ran:
+                    raise GraderTooSlowError(
+                        f"the instructor's cell {_label(cell, index)} ran past the {self.owner.timeout} s timeout "
+                        "before any of the student's code had run: this machine is too slow or too busy; grade "
+                        "again with a longer --timeout") from None
                 cell.outputs.append(_error("TimeoutError", f"the cell ran longer than {self.owner.timeout} s "
                                            "and was interrupted by the grader"))
                 self.problems.append(f"cell {_label(cell, index)} timed out after {self.owner.timeout} s")
@@ -299,7 +313,9 @@ class _Run:
 
     async def _probe(self, full: bool = False) -> list[str] | None:
         """The untrusted hooks the kernel reports, or None when the probe failed or did not answer."""
+        started = time.perf_counter()
         content = await self._request({"probe": self.full_probe_expr if full else self.probe_expr}, timeout=30)
+        self.probe_seconds += time.perf_counter() - started
         result = (content or {}).get("user_expressions", {}).get("probe", {})
         if result.get("status") != "ok":
             return None

@@ -145,7 +145,7 @@ def nbgrader_config(ws: Workspace, overrides: Config | None = None) -> Config:
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades", "course_utils.feedback.HideHiddenTests",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
-    c.SandboxedExecute.timeout = 30
+    c.SandboxedExecute.timeout = 60
     config_file = ws.root / "nbgrader_config.py"
     if config_file.is_file():
         c.merge(PyFileConfigLoader(config_file.name, path=str(ws.root)).load_config())
@@ -211,10 +211,12 @@ class LogCapture(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
-def release(root: Path | str, names: list[str] | None = None, out: Path | str | None = None) -> list[Path]:
+def release(root: Path | str, names: list[str] | None = None, out: Path | str | None = None,
+            force: bool = False) -> list[Path]:
     """``solutions/NAME`` -> ``notebooks/NAME`` (or ``out/NAME``) for each assignment; returns the notebooks written.
 
     Deterministic (same source, same bytes) and leaves nothing behind: the gradebook it needs is a temporary one.
+    A release notebook that somebody has worked in (it has outputs) is not overwritten unless ``force``.
     """
     root = Path(root).resolve()
     names = names or assignments(root)
@@ -222,6 +224,10 @@ def release(root: Path | str, names: list[str] | None = None, out: Path | str | 
     if unknown:
         raise ValueError(f"no assignment {unknown} in {root / 'solutions'}; known: {', '.join(assignments(root))}")
     out = Path(out).resolve() if out else root / "notebooks"
+    worked = [p for name in names for p in sorted((out / name).glob("*.ipynb")) if _has_outputs(p)]
+    if worked and not force:
+        raise ValueError(f"{', '.join(str(p) for p in worked)}: somebody worked in it (it has outputs); releasing "
+                         "would overwrite it. Copy it elsewhere first, or release again with --force")
     written: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="course-release-") as tmp:
         ws = Workspace(root, Path(tmp))
@@ -230,6 +236,14 @@ def release(root: Path | str, names: list[str] | None = None, out: Path | str | 
             _generate(ws, name, out)
             written += sorted((out / name).glob("*.ipynb"))
     return written
+
+
+def _has_outputs(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True  # unreadable: do not touch it without --force
+    return any(cell.get("outputs") or cell.get("execution_count") for cell in data.get("cells", []))
 
 
 def _generate(ws: Workspace, name: str, out: Path) -> None:

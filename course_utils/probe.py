@@ -131,7 +131,7 @@ def _probe(trusted, full):
             if type(member) in (types.FunctionType, staticmethod, classmethod, property):
                 check(f"{label}.{attr}", member)
 
-    def scan_module(modname, module):
+    def scan_module(modname, module, classes):
         namespace = getattr(module, "__dict__", None)
         if type(namespace) is not dict:
             return
@@ -139,7 +139,7 @@ def _probe(trusted, full):
             kind = type(value)
             if kind is types.FunctionType or kind is functools.partial:
                 check(f"{modname}.{key}", value)
-            elif issubclass(kind, type) and vars(value).get("__module__") == modname:
+            elif classes and issubclass(kind, type) and vars(value).get("__module__") == modname:
                 scan_class(f"{modname}.{key}", value)
 
     for modname, module in list(sys.modules.items()):
@@ -157,8 +157,12 @@ def _probe(trusted, full):
             kind = type(value)
             if kind is types.ModuleType:
                 names.add(value.__name__)
-            elif kind is types.FunctionType or issubclass(kind, type):
-                names.add(str(vars(value).get("__module__") if issubclass(kind, type) else value.__module__))
+            elif kind is types.FunctionType:
+                names.add(str(value.__module__))
+            elif issubclass(kind, type):
+                names.add(str(vars(value).get("__module__")))
+                if ok(value):
+                    scan_class(f"{vars(value).get('__module__')}.{value.__qualname__}", value)
             else:
                 names.add(kind.__module__)
                 for cls in kind.__mro__[:-1]:
@@ -167,7 +171,7 @@ def _probe(trusted, full):
     for modname in sorted(n for n in names if n in sys.modules and n != "__main__"):
         module = sys.modules[modname]
         if str(getattr(module, "__file__", "") or "").startswith(trusted) or modname in ("builtins", "sys"):
-            scan_module(modname, module)
+            scan_module(modname, module, full or modname.split(".")[0] == "course_utils")
     return out
 '''
 

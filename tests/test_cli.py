@@ -67,3 +67,17 @@ def test_progress_is_delegated(monkeypatch):
     monkeypatch.setattr(course_utils, "progress", fake, raising=False)
     assert cli.main(["progress", "--deck", "attention"]) == 7
     assert calls == {"deck": "attention"}
+
+
+def test_release_does_not_overwrite_work(course: Path, tmp_path: Path, capsys):
+    out = tmp_path / "release"
+    assert cli.main(["--root", str(course), "release", "--out", str(out)]) == 0
+    path = out / NAME / f"{NAME}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="my work\n")]
+    nbformat.write(nb, path)
+    assert cli.main(["--root", str(course), "release", "--out", str(out)]) == 2
+    assert "somebody worked in it" in capsys.readouterr().err
+    assert "my work" in path.read_text()
+    assert cli.main(["--root", str(course), "release", "--out", str(out), "--force"]) == 0
+    assert "my work" not in path.read_text()
