@@ -40,7 +40,9 @@ def test_release_runs_and_every_exercise_fails_until_answered(path: Path, tmp_pa
     client.execute()
 
     tests = [c for c in nb.cells if _is_test_cell(c)]
-    assert tests, f"{path.name} has no graded test cells"
+    graded_in_source = any(c.metadata.get("nbgrader", {}).get("grade", False)
+                           for c in nbformat.read(ROOT / "solutions" / path.parent.name / path.name, 4).cells)
+    assert bool(tests) == graded_in_source, f"{path.name}: graded test cells lost in the release"
     passing = [c.metadata["nbgrader"]["grade_id"] for c in tests if not _errors(c)]
     assert not passing, f"these test cells pass on the blank release (they must fail until answered): {passing}"
     for cell in nb.cells:
