@@ -199,13 +199,13 @@ def run_data_parallel(world_size: int = 2, steps: int = 3, seed: int = 0, timeou
     procs = [ctx.Process(target=worker, args=(r, world_size, port, steps, seed, pipes[r][1]), daemon=True)
              for r in range(world_size)]
     got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s  # counted from before the start: spawning is part of the budget
     try:
         for p in procs:
             p.start()
         for _, writer in pipes:
             writer.close()  # the workers hold the writing ends now: EOF on a reader = that worker is gone
         pending = {pipes[r][0]: r for r in range(world_size)}
-        deadline = time.monotonic() + timeout_s
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
