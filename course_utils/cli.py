@@ -7,7 +7,7 @@
     course grades [--out CSV]                        one row per submission, with flags for review
     course progress                                  a learner's progress (checks passing, cards due)
 
-Instructor state lives in ``--workspace`` (default ``<course root>/grading/``). See docs/instructor.md.
+Instructor state lives in ``--workspace`` (default ``<course root>/grading/``). See "For instructors" in README.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Grading integrity: what a submission did to the notebook and to the kernel, and which marks it cannot keep.
 
-Three layers (see docs/instructor.md for what they do not catch):
+Three layers (see "For instructors" in README.md for what they do not catch):
 
 * :class:`IntegrityCheck` (nbgrader preprocessor, before ``OverwriteCells``) compares the submission with the
   released notebook: cells with unknown nbgrader ids lose their grading metadata (a forged test cell earns

@@ -6,7 +6,7 @@ transformers never see it. "Untrusted" means: code whose file is not under the r
 Python installation, the virtual environment, ``course_utils``), i.e. code written by the notebook.
 
 It is a heuristic: code can lie about where it comes from (``compile(..., filename=...)``), which is one reason
-the static scan flags dynamic code. See docs/instructor.md for what it does not catch.
+the static scan flags dynamic code. See "For instructors" in README.md for what it does not catch.
 """
 
 from __future__ import annotations
