@@ -808,6 +808,31 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- bench:begin (written by `make bench`; edits here are replaced) -->"
+README_END = "<!-- bench:end -->"
+
+
+def readme_summary(results: dict) -> str:
+    """The README's copy of the results: the notebook table and the course / autograding lines."""
+    md = render_markdown(results)
+    body = md.split("\n", 2)[2]                      # drop the "# Benchmark results" title
+    body = body.split("\n### ", 1)[0].rstrip()       # the library comparison and the machine stay in results.md
+    body = body.replace("](../docs/", "](docs/")
+    m = results["machine"]
+    return (f"{body}\n\nMachine: {m.get('cpu')}, {m.get('cores_usable')} usable cores; load average "
+            f"{m.get('load_avg_1m_at_start')} at the start. Library comparisons and details: "
+            "[benchmarks/results.md](benchmarks/results.md).")
+
+
+def update_readme(text: str, summary: str) -> str:
+    """Replace what lies between the README's bench markers with ``summary``; everything else is kept."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the README has no benchmark section: add a line {README_BEGIN!r} and, below it, a line "
+                         f"{README_END!r} where the table should go (or run with --no-readme)")
+    return text[:begin + len(README_BEGIN)] + "\n" + summary.strip() + "\n" + text[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -818,6 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md/results.json")
     parser.add_argument("--source", type=Path, default=ROOT / "solutions",
                         help="folder of NN_topic/NN_topic.ipynb notebooks (default: solutions)")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="README whose benchmark section is updated when --out is the default folder")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     parser.add_argument("--execute-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="normal", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -861,6 +889,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     (args.out / "results.md").write_text(render_markdown(results))
     print(f"wrote {args.out / 'results.md'} and results.json", flush=True)
+    if not args.no_readme and args.out.resolve() == HERE.resolve():
+        args.readme.write_text(update_readme(args.readme.read_text(), readme_summary(results)))
+        print(f"updated the benchmark section of {args.readme}", flush=True)
     print(render_markdown(results))
     return 0
 
