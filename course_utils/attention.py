@@ -13,13 +13,16 @@ gets data in and out of the bundled model so the notebook can stay about ideas.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
+
+from course_utils.exercises import needs_exercise  # noqa: F401  (re-exported for the notebook)
+from course_utils.tokens import token_label, token_labels  # noqa: F401
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading a model whose attention weights can be read
@@ -37,21 +40,6 @@ def load_attention_model(name: str = "tiny-base") -> tuple[Any, Any]:
 
     hf_logging.disable_progress_bar()
     return load_model(name, attn_implementation="eager")
-
-
-@contextlib.contextmanager
-def needs_exercise(*names: str) -> Iterator[None]:
-    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing.
-
-        with needs_exercise("causal_mask"):
-            plot_masks({"decoder": causal_mask(6)})
-    """
-    try:
-        yield
-    except NotImplementedError:
-        which = "that exercise" if len(names) == 1 else "those exercises"
-        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
-              "then run this cell again.")
 
 
 def layer_io(model: Any, ids: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,25 +64,7 @@ def layer_io(model: Any, ids: torch.Tensor, layer: int = 0) -> tuple[torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokens as readable labels
-
-
-def token_label(piece: str) -> str:
-    """A printable label for one decoded token: a leading space becomes ``·``, a newline ``⏎``."""
-    label = piece.replace("\n", "⏎").replace("\t", "⇥")
-    if label.startswith(" "):
-        label = "·" + label[1:]
-    return label if label else "∅"
-
-
-def token_labels(tokenizer: Any, ids: Sequence[int] | torch.Tensor) -> list[str]:
-    """One readable label per token id (each id decoded on its own)."""
-    if isinstance(ids, torch.Tensor):
-        if ids.dim() != 1:
-            raise ValueError(f"token_labels wants one sequence of ids (shape (T,)), got shape {tuple(ids.shape)}; "
-                             "pass ids[0] for a batch of one.")
-        ids = ids.tolist()
-    return [token_label(tokenizer.decode([int(i)])) for i in ids]
+# Tokens as readable labels (token_label / token_labels live in course_utils.tokens)
 
 
 def show_tokens(tokenizer: Any, text: str, width: int = 100) -> str:

@@ -15,13 +15,14 @@ few-shot prompts, so the notebook can stay about ideas.
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from course_utils import world
+from course_utils.exercises import needs_exercise  # noqa: F401  (re-exported for the notebook)
+from course_utils.tokens import token_label, token_labels  # noqa: F401
 
 # A few reviews the models never saw, for few-shot examples (the held-out queries use world.HELD_OUT_SEED).
 EXAMPLE_SEED = 2024
@@ -29,38 +30,14 @@ EXAMPLE_SEED = 2024
 NextTokenFn = Callable[[torch.Tensor], Any]  # logits (B, V) -> token ids (B,) (or (B, 1), or an int for B = 1)
 
 
-@contextmanager
-def needs_exercise(*names: str) -> Iterator[None]:
-    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing.
-
-        with needs_exercise("top_k_filter"):
-            print(top_k_filter(logits, 5))
-    """
-    try:
-        yield
-    except NotImplementedError:
-        which = "that exercise" if len(names) == 1 else "those exercises"
-        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
-              "then run this cell again.")
 
 
 # ----------------------------------------------------------------------------------------------
 # Tokens and next-token distributions
 
 
-def token_label(piece: str) -> str:
-    """A printable label for one decoded token: a leading space becomes ``·``, a newline ``⏎``."""
-    label = piece.replace("\n", "⏎").replace("\t", "⇥")
-    if label.startswith(" "):
-        label = "·" + label[1:]
-    return label if label else "∅"
 
 
-def token_labels(tokenizer: Any, ids: Sequence[int] | torch.Tensor) -> list[str]:
-    """One readable label per token id (each id decoded on its own)."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.reshape(-1).tolist()
-    return [token_label(tokenizer.decode([int(i)])) for i in ids]
 
 
 def context_size(model: Any) -> int:

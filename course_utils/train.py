@@ -105,6 +105,15 @@ def _pad_batch(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 # Training loops
 
 
+def _optimizer_step(model, opt, sched, loss: torch.Tensor) -> None:
+    """One update: backward, clip the gradient norm to 1, step the optimizer and the learning-rate schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def _schedule(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10 % of the peak learning rate."""
     if step < cfg.warmup:
@@ -137,11 +146,7 @@ def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100):
     for step in range(cfg.steps):
         rows = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]  # (B, T+1)
         loss = model(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(model, opt, sched, loss)
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"  pretrain step {step:5d}  loss {loss.item():.3f}", flush=True)
     model.eval()
@@ -163,11 +168,7 @@ def instruction_tune(model, tokenizer, cfg: TrainConfig, log_every: int = 100):
         batch = [rng.choice(plain) if rng.random() < 0.25 else rng.choice(rows) for _ in range(cfg.batch_size)]
         ids, labels, mask = _pad_batch(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(model, opt, sched, loss)
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"  instruct step {step:5d}  loss {loss.item():.3f}", flush=True)
     model.eval()
