@@ -14,7 +14,10 @@ The notebook's exercises (``rankings_to_pairs``, ``pairwise_reward_loss``, ``kl_
   ``kl_penalized_rewards``, advantages as whitened returns-to-go, updates with the learner's
   ``ppo_clipped_loss``;
 * evaluation -- reward-model score, the world's hidden "labeller" score, sentiment from an AI judge
-  (``tiny-instruct`` as a classifier), KL to the reference and distinct-n.
+  (``tiny-instruct`` as a classifier), KL to the reference and distinct-n;
+* :func:`beta_sweep` -- the whole pipeline once per KL coefficient, cached with its provenance in
+  ``assets/rlhf/beta_sweep.json``; ``python -m course_utils.rlhf`` re-creates it with the functions from
+  the instructor notebook's answer cells (about 2 minutes for the four betas on one CPU thread).
 
     >>> from course_utils import rlhf
     >>> rlhf.policy_prompt("lamp")
@@ -35,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from course_utils import world
+from course_utils.exercises import needs_exercise  # noqa: F401  (re-exported for the notebook)
 
 RM_TRAIN_SEED = 4          # preference rankings the reward model learns from (the models never saw seed 4)
 RM_HELD_OUT_SEED = world.HELD_OUT_SEED
@@ -43,15 +47,27 @@ SWEEP_PATH = Path(__file__).resolve().parent / "assets" / "rlhf" / "beta_sweep.j
 Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
 
+def ready(*values: Any) -> None:
+    """Inside ``needs_exercise``: stop a demo whose inputs (results of a demo cell above) are still ``None``.
+
+    A demo cell sets its results to ``None`` before trying the learner's function; until that works, the
+    cells that use those results print "answer the exercise" instead of failing with a ``NameError``.
+    """
+    if any(v is None for v in values):
+        raise NotImplementedError("a demo cell above has not produced its results yet")
+
+
 @contextlib.contextmanager
-def needs_exercise(*names: str) -> Iterator[None]:
-    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings for a block (e.g. generate's padding notice when pad = end-of-text)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         yield
-    except NotImplementedError:
-        which = "that exercise" if len(names) == 1 else "those exercises"
-        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
-              "then run this cell again.")
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,18 +131,13 @@ def load_reward_model(backbone: str = "tiny-base", seed: int = 0) -> tuple[Any, 
     token and maps it to ``num_labels`` numbers; with ``num_labels=1`` that number is the reward.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     from course_utils.models import bundled_model_dir
 
     path = Path(backbone) if Path(backbone).is_dir() else bundled_model_dir(backbone)
     torch.manual_seed(seed)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "some weights were newly initialized": yes, the score head, on purpose
-    try:
+    with quiet_transformers():  # "some weights were newly initialized": yes, the score head, on purpose
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
@@ -274,9 +285,10 @@ def sample(policy: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: 
         raise ValueError("all prompts must have the same number of tokens (use policy_prompt(item))")
     query = torch.tensor(enc)  # (B, P)
     torch.manual_seed(seed)
-    out = policy.generate(query, attention_mask=torch.ones_like(query), do_sample=True, top_k=0, top_p=1.0,
-                          temperature=temperature, max_new_tokens=max_new_tokens,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with quiet_transformers():  # finished rows feed pad tokens back in, and pad = end-of-text here
+        out = policy.generate(query, attention_mask=torch.ones_like(query), do_sample=True, top_k=0, top_p=1.0,
+                              temperature=temperature, max_new_tokens=max_new_tokens,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     response = out[:, query.shape[1]:]  # (B, T)
     eos = response == tokenizer.eos_token_id
     ended_before = torch.cumsum(eos.int(), dim=1) - eos.int()  # EOS tokens strictly before each position
@@ -288,7 +300,9 @@ def sample(policy: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: 
 def token_logprobs(model: Any, query: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
     """log p(response token t | prompt, response tokens < t) for every completion position: ``(B, T)``."""
     ids = torch.cat([query, response], dim=1)  # (B, P+T)
-    logits = model(ids).logits[:, query.shape[1] - 1:-1]  # (B, T, V): the predictions of the response tokens
+    # padding after the end-of-text token sits to the right of every real token, so causal attention never
+    # lets a real token see it: an all-ones mask is exact here (and silences transformers' padding warning)
+    logits = model(ids, attention_mask=torch.ones_like(ids)).logits[:, query.shape[1] - 1:-1]  # (B, T, V)
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, response[..., None])[..., 0]  # (B, T)
 
 
@@ -325,10 +339,13 @@ def labeller_scores(prompts: Sequence[str], completions: Sequence[str]) -> list[
 
 
 @torch.no_grad()
-def positive_probability(judge: Any, tokenizer: Any, completions: Sequence[str]) -> torch.Tensor:
+def positive_probability(judge: Any, tokenizer: Any, completions: Sequence[str],
+                         log_odds: bool = False) -> torch.Tensor:
     """P(" positive") vs P(" negative") from ``tiny-instruct`` asked to classify each text: ``(N,)``.
 
-    This is the offline stand-in for the seeds' lab, where a hate-speech classifier scored toxicity.
+    ``log_odds=True`` returns log P(positive) - log P(negative) instead, which still ranks texts where the
+    probability has saturated at 1. This is the offline stand-in for the seeds' lab, where a hate-speech
+    classifier scored toxicity.
     """
     pos, neg = tokenizer(" positive")["input_ids"], tokenizer(" negative")["input_ids"]
     if len(pos) != 1 or len(neg) != 1:
@@ -340,7 +357,8 @@ def positive_probability(judge: Any, tokenizer: Any, completions: Sequence[str])
                         padding=True)
         pos_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
         logits = judge(**enc, position_ids=pos_ids).logits[:, -1]  # (b, V)
-        out.append(torch.softmax(logits[:, [pos[0], neg[0]]], dim=-1)[:, 0])
+        pair = logits[:, [pos[0], neg[0]]].float()  # (b, 2)
+        out.append(pair[:, 0] - pair[:, 1] if log_odds else torch.softmax(pair, dim=-1)[:, 0])
     tokenizer.padding_side = "right"
     return torch.cat(out)
 
@@ -495,19 +513,172 @@ def frozen_copy(model: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# The cached beta sweep (written by the notebook's own sweep cell, with the learner's functions)
+# The cached beta sweep: the notebook's pipeline, once per beta, with the learner's (or the solutions') functions
+
+EXERCISES = ("rankings_to_pairs", "pairwise_reward_loss", "kl_penalized_rewards", "ppo_clipped_loss")
+SOLUTIONS_NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "04_rlhf" / "04_rlhf.ipynb"
 
 
-def save_sweep(runs: dict[str, dict[str, Any]], path: Path = SWEEP_PATH) -> Path:
-    """Write ``{beta: {"history": ..., "eval": ...}}`` as JSON (numbers and sample texts only)."""
+@dataclass
+class SweepConfig:
+    """Everything that fixes the cached sweep's numbers (the seeds included); stored with the results."""
+    betas: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+    steps: int = 24               # PPO steps per beta
+    batch_size: int = 32          # completions per PPO step
+    lr: float = 3e-4
+    ppo_epochs: int = 2
+    clip_eps: float = 0.2
+    max_new_tokens: int = 48
+    seed: int = 0                 # PPO prompts and sampling (per step: seed * 100_003 + step)
+    rm_train_prompts: int = 200   # ranked prompts from world.preferences(RM_TRAIN_SEED, ...)
+    rm_steps: int = 300
+    rm_lr: float = 3e-3
+    rm_seed: int = 0              # the score head's initialisation and training
+    calibration_prompts: int = 64
+    calibration_seed: int = 3
+    eval_prompts: int = 64
+    eval_seed: int = 999
+
+
+def exercise_functions(notebook: Path | str = SOLUTIONS_NOTEBOOK) -> dict[str, Callable[..., Any]]:
+    """The four exercise functions, defined by running the answer cells of ``notebook`` (nbgrader metadata).
+
+    Used by ``python -m course_utils.rlhf`` to re-create the cached sweep with the solutions' functions,
+    which live in the instructor notebook, not in this package.
+    """
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook at {path}: pass --notebook with the path of 04_rlhf.ipynb")
+    namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
+    for cell in json.loads(path.read_text())["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell["cell_type"] == "code" and meta.get("solution") and not meta.get("grade"):
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            exec(compile(source, f"{path.name}:{meta.get('grade_id')}", "exec"), namespace)  # noqa: S102
+    missing = [name for name in EXERCISES if not callable(namespace.get(name))]
+    if missing:
+        raise ValueError(f"{path} defines no {', '.join(missing)} in its answer cells")
+    return {name: namespace[name] for name in EXERCISES}
+
+
+def beta_sweep(pairs_fn: Callable[..., Any], rm_loss_fn: Callable[..., Any], kl_fn: Callable[..., Any],
+               ppo_loss_fn: Callable[..., Any], config: SweepConfig | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The notebook's whole pipeline, then one PPO run per beta: ``{"provenance": {...}, "runs": {beta: ...}}``.
+
+    Reward model (trained with ``rm_loss_fn`` on pairs from ``pairs_fn``), calibration on the reference
+    policy's samples, an evaluation before training, then for each beta a fresh ``tiny-instruct`` trained
+    with ``kl_fn`` and ``ppo_loss_fn`` and evaluated on the same held-out prompts.
+    """
+    import platform
+
+    import transformers
+
+    from course_utils.models import load_model
+
+    cfg = config or SweepConfig()
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    reference, tokenizer = load_model("tiny-instruct")
+    reference = frozen_copy(reference)
+    train = preference_triples(world.preferences(RM_TRAIN_SEED, cfg.rm_train_prompts), pairs_fn)
+    held_out = preference_triples(world.preferences(RM_HELD_OUT_SEED, 40), pairs_fn)
+    reward_model, rm_tokenizer = load_reward_model("tiny-base", seed=cfg.rm_seed)
+    train_reward_model(reward_model, rm_tokenizer, train, rm_loss_fn, steps=cfg.rm_steps, lr=cfg.rm_lr,
+                       seed=cfg.rm_seed)
+    accuracy = pairwise_accuracy(reward_model, rm_tokenizer, held_out)
+    reward_fn = RewardModelScorer(reward_model, rm_tokenizer)
+    calibration = sample(reference, tokenizer, make_prompts(cfg.calibration_prompts, cfg.calibration_seed),
+                         seed=cfg.calibration_seed)
+    reward_fn.calibrate(calibration.prompts, calibration.texts)
+    before = evaluate(reference, reference, tokenizer, reward_fn, n=cfg.eval_prompts, seed=cfg.eval_seed,
+                      judge=reference)
+    log(f"reward model: held-out pair accuracy {accuracy:.3f}; before PPO: reward {before['reward']:+.2f}, "
+        f"labeller {before['labeller']:+.2f}")
+    runs: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for beta in cfg.betas:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        policy, _ = load_model("tiny-instruct")
+        hist = run_ppo(policy, reference, tokenizer, reward_fn, kl_fn, ppo_loss_fn, beta=beta, steps=cfg.steps,
+                       batch_size=cfg.batch_size, ppo_epochs=cfg.ppo_epochs, lr=cfg.lr, clip_eps=cfg.clip_eps,
+                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        after = evaluate(policy, reference, tokenizer, reward_fn, n=cfg.eval_prompts, seed=cfg.eval_seed,
+                         judge=reference)
+        runs[str(float(beta))] = {"history": hist.to_dict(), "eval": after, "before": before}
+        seconds[str(float(beta))] = round(time.perf_counter() - t0, 1)
+        log(f"beta {beta}: reward {after['reward']:+.2f}, labeller {after['labeller']:+.2f}, KL {after['kl']:.1f}, "
+            f"distinct-2 {after['distinct_2']:.2f} ({seconds[str(float(beta))]:.0f} s)")
+    provenance = {
+        "config": asdict(cfg), "reward_model_held_out_accuracy": accuracy,
+        "seconds_per_beta": seconds, "seconds_total": round(time.perf_counter() - t_start, 1),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "regenerate": "python -m course_utils.rlhf   (or the notebook's sweep cell with RUN_SWEEP = True)",
+    }
+    return {"provenance": provenance, "runs": runs}
+
+
+def save_sweep(runs: dict[str, dict[str, Any]], path: Path = SWEEP_PATH, keep_texts: int = 16,
+               provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``{"provenance": ..., "runs": {beta: {"history", "eval", "before"}}}`` as JSON.
+
+    The evaluations' ``texts`` and ``prompts`` are cut to their first ``keep_texts`` entries.
+    """
+    runs = copy.deepcopy(runs)
+    for run in runs.values():
+        for part in (v for v in run.values() if isinstance(v, dict)):
+            for key in ("texts", "prompts"):
+                if key in part:
+                    part[key] = list(part[key])[:keep_texts]
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps({"provenance": provenance or {}, "runs": runs}, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def load_sweep(path: Path = SWEEP_PATH) -> dict[str, dict[str, Any]]:
-    """The cached beta sweep: ``{"0.0": {"history": {...}, "eval": {...}}, ...}``."""
+def _read_sweep(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no cached beta sweep at {path}: run the notebook's sweep cell with "
-                                "RUN_SWEEP = True to create it")
-    return json.loads(Path(path).read_text())
+        raise FileNotFoundError(f"no cached beta sweep at {path}: run `python -m course_utils.rlhf`, or the "
+                                "notebook's sweep cell with RUN_SWEEP = True, to create it")
+    data = json.loads(Path(path).read_text())
+    return data if "runs" in data else {"provenance": {}, "runs": data}
+
+
+def load_sweep(path: Path = SWEEP_PATH) -> dict[str, dict[str, Any]]:
+    """The cached beta sweep's runs: ``{"0.0": {"history": {...}, "eval": {...}, "before": {...}}, ...}``."""
+    return _read_sweep(path)["runs"]
+
+
+def sweep_provenance(path: Path = SWEEP_PATH) -> dict[str, Any]:
+    """How the cached sweep was made: configuration and seeds, library versions, date, seconds."""
+    return _read_sweep(path)["provenance"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m course_utils.rlhf``: re-create the cached beta sweep (about 30 s per beta on one CPU thread)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course_utils.rlhf", description=main.__doc__)
+    parser.add_argument("--notebook", default=str(SOLUTIONS_NOTEBOOK),
+                        help="notebook whose answer cells define the four exercise functions (default: the solutions)")
+    parser.add_argument("--out", default=str(SWEEP_PATH), help="where to write the sweep (default: the cached one)")
+    parser.add_argument("--betas", default=",".join(str(b) for b in SweepConfig.betas),
+                        help="comma-separated KL coefficients")
+    parser.add_argument("--steps", type=int, default=SweepConfig.steps, help="PPO steps per beta")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per model
+    torch.set_num_threads(1)
+    fns = exercise_functions(args.notebook)
+    cfg = SweepConfig(betas=tuple(float(b) for b in args.betas.split(",")), steps=args.steps)
+    sweep = beta_sweep(*(fns[name] for name in EXERCISES), config=cfg, log=lambda m: print(m, flush=True))
+    print("wrote", save_sweep(sweep["runs"], Path(args.out), provenance=sweep["provenance"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
