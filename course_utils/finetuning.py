@@ -21,15 +21,17 @@ provides the plumbing around them, so it never holds an answer:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import platform
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +46,17 @@ TARGETS = {  # target-module choices used by the sweep and the widget (GPT-2 nam
     "attention": ["c_attn", "attn.c_proj"],
     "all-linear": ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"],
 }
+
+
+@contextlib.contextmanager
+def needs_exercise(*names: str) -> Iterator[None]:
+    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing."""
+    try:
+        yield
+    except NotImplementedError:
+        print(f"This demo uses your {' and '.join(names)}: answer that exercise above, run its cell, "
+              "then run this cell again.")
+
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -126,7 +139,9 @@ class TrainLog:
     """What :func:`fine_tune` did: loss per step, wall time, and the parameters it trained."""
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process: robust to other programs sharing the machine
     trainable: int = 0
+    optimizer_bytes: int = 0
 
     @property
     def sec_per_step(self) -> float:
@@ -160,7 +175,7 @@ def fine_tune(model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], par
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     log = TrainLog(trainable=sum(p.numel() for p in params))
     model.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for step in range(steps):
             ids, labels, mask = collate([rows[rng.randrange(len(rows))] for _ in range(batch_size)], pad_id)
@@ -175,7 +190,8 @@ def fine_tune(model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], par
                 print(f"  step {step:4d}  loss {log.losses[-1]:.3f}", flush=True)
     finally:
         model.eval()
-    log.seconds = time.perf_counter() - start
+    log.seconds, log.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    log.optimizer_bytes = optimizer_state_bytes(opt)
     return log
 
 
@@ -343,22 +359,24 @@ def story_perplexity(model: nn.Module, tokenizer, n: int = 50, seed: int = world
 
 @dataclass
 class SweepConfig:
-    """One recipe for every method, so the comparison is fair (lr is per method family)."""
+    """One recipe for every method, so the comparison is fair (the learning rate is per method family)."""
     base: str = "tiny-base"
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 16
     n_train: int = 2000
     n_eval: int = 50
     n_stories: int = 50
     seed: int = 0
-    lr_full: float = 5e-4
-    lr_bitfit: float = 5e-3
-    lr_lora: float = 5e-3
-    lr_prompt: float = 3e-2
+    lr_full: float = 1e-4
+    lr_bitfit: float = 2e-2
+    lr_lora: float = 2e-3
+    lr_prompt: float = 1e-1
     lora_alpha_over_r: float = 2.0
-    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    lora_targets: tuple[str, ...] = ("c_attn", "all-linear")
+    ranks: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "all-linear": (1, 2, 4, 8, 16, 32, 64), "c_attn": (1, 4, 16, 64)})
     n_virtual_tokens: int = 20
+    harder_lr_full: float = 1e-3  # the same steps with a 10x larger learning rate: does forgetting grow?
+    harder_lr_lora: float = 5e-3
 
 
 class _PeftPrompt(nn.Module):
@@ -374,15 +392,22 @@ class _PeftPrompt(nn.Module):
 
 
 def _methods(cfg: SweepConfig) -> list[dict[str, Any]]:
-    runs = [dict(name="full fine-tuning", method="full", peft_class="none (all weights)", lr=cfg.lr_full),
+    """Every run of the sweep, in a fixed order (``index``), as JSON-ready specs."""
+    full = dict(method="full", peft_class="none (all weights)")
+    runs = [dict(full, name="full fine-tuning", lr=cfg.lr_full),
             dict(name="BitFit (biases only)", method="bitfit", peft_class="selective", lr=cfg.lr_bitfit)]
-    for target in cfg.lora_targets:
-        for r in cfg.ranks:
-            runs.append(dict(name=f"LoRA {target} r={r}", method="lora", peft_class="reparameterization",
-                             target=target, r=r, alpha=cfg.lora_alpha_over_r * r, lr=cfg.lr_lora))
+    for target, ranks in cfg.ranks.items():
+        runs += [dict(name=f"LoRA {target} r={r}", method="lora", peft_class="reparameterization", target=target,
+                      r=r, alpha=cfg.lora_alpha_over_r * r, lr=cfg.lr_lora) for r in ranks]
     runs.append(dict(name=f"prompt tuning ({cfg.n_virtual_tokens} virtual tokens)", method="prompt",
                      peft_class="additive", n_virtual_tokens=cfg.n_virtual_tokens, lr=cfg.lr_prompt))
-    return runs
+    runs.append(dict(full, name=f"full fine-tuning, lr {cfg.harder_lr_full:g}", lr=cfg.harder_lr_full,
+                     variant="harder"))
+    r = 8
+    runs.append(dict(name=f"LoRA all-linear r={r}, lr {cfg.harder_lr_lora:g}", method="lora",
+                     peft_class="reparameterization", target="all-linear", r=r, alpha=cfg.lora_alpha_over_r * r,
+                     lr=cfg.harder_lr_lora, variant="harder"))
+    return [dict(spec, index=i) for i, spec in enumerate(runs)]
 
 
 def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[str, Any]:
@@ -416,12 +441,12 @@ def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[st
         params = [p for p in pm.parameters() if p.requires_grad]
         loss_fn = lambda _m, ids, labels, mask: pm(input_ids=ids, attention_mask=mask, labels=labels).loss  # noqa: E731
     train_log = fine_tune(net, rows, params, steps=cfg.steps, lr=spec["lr"], batch_size=cfg.batch_size,
-                          seed=cfg.seed, pad_id=tok.eos_token_id, loss_fn=loss_fn,
-                          log_every=100 if log else 0)
+                          seed=cfg.seed, pad_id=tok.eos_token_id, loss_fn=loss_fn, log_every=100 if log else 0)
     ev = evaluate_summaries(net, tok, cfg.n_eval, soft_prompt=soft)
-    rec = dict(spec, trainable_params=train_log.trainable, total_params=total,
-               share=train_log.trainable / total, seconds=round(train_log.seconds, 2),
-               sec_per_step=round(train_log.sec_per_step, 4), rougeL=round(ev["rougeL"], 4),
+    rec = dict(spec, trainable_params=train_log.trainable, total_params=total, share=train_log.trainable / total,
+               seconds=round(train_log.seconds, 2), cpu_seconds=round(train_log.cpu_seconds, 2),
+               cpu_per_step=round(train_log.cpu_seconds / cfg.steps, 4), optimizer_bytes=train_log.optimizer_bytes,
+               rougeL=round(ev["rougeL"], 4),
                story_ppl_after=round(story_perplexity(net, tok, cfg.n_stories, soft_prompt=soft), 4),
                losses=[round(x, 4) for x in train_log.losses[:: max(1, cfg.steps // 50)]],
                example=ev["predictions"][0])
@@ -433,11 +458,23 @@ def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[st
     return rec
 
 
+def _cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``), else whatever ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_sweep(cfg: SweepConfig | None = None, out: Path | None = SWEEP_PATH, only: str | None = None,
-              log: bool = True) -> dict[str, Any]:
+              part: tuple[int, int] = (0, 1), log: bool = True) -> dict[str, Any]:
     """Train every method of :func:`_methods` with one recipe and write the JSON the notebook shows.
 
-    ``only`` keeps runs whose name contains it (e.g. ``"r=8"``). About 10 min on 2 cores for the default.
+    ``only`` keeps runs whose name contains it (e.g. ``"r=8"``); ``part=(i, n)`` runs every n-th run from
+    the i-th, so n processes can share the work (combine their files with :func:`merge_sweeps`).
     """
     from course_utils.models import load_model
 
@@ -449,25 +486,38 @@ def run_sweep(cfg: SweepConfig | None = None, out: Path | None = SWEEP_PATH, onl
     baseline = dict(rougeL=round(before["rougeL"], 4), story_ppl=round(story_perplexity(model, tok, cfg.n_stories), 4),
                     example=before["predictions"][0], reference=before["references"][0])
     runs = []
-    for spec in _methods(cfg):
+    for spec in _methods(cfg)[part[0]::part[1]]:
         if only and only not in spec["name"]:
             continue
-        rec = _one_run(spec, cfg, rows, log)
-        runs.append(rec)
+        runs.append(_one_run(spec, cfg, rows, log))
         if log:
-            print(f"{rec['name']:<36} ROUGE-L {rec['rougeL']:.3f}  story ppl {rec['story_ppl_after']:.3f}  "
-                  f"trainable {rec['trainable_params']:>7,}  {rec['seconds']:.1f} s", flush=True)
+            r = runs[-1]
+            print(f"{r['name']:<36} ROUGE-L {r['rougeL']:.3f}  story ppl {r['story_ppl_after']:.3f}  "
+                  f"trainable {r['trainable_params']:>7,}  {r['cpu_seconds']:.0f} CPU s", flush=True)
     result = dict(
-        settings=dict(vars(cfg), ranks=list(cfg.ranks), lora_targets=list(cfg.lora_targets),
-                      targets={k: TARGETS[k] for k in cfg.lora_targets}, train_seed=FINETUNE_SEED,
+        settings=dict(asdict(cfg), ranks={k: list(v) for k, v in cfg.ranks.items()},
+                      targets={k: TARGETS[k] for k in cfg.ranks}, train_seed=FINETUNE_SEED,
                       eval_seed=world.HELD_OUT_SEED, optimizer="AdamW betas (0.9, 0.95), 10 % warm-up, clip 1.0",
                       torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
-                      date=time.strftime("%Y-%m-%d")),
+                      cpu=_cpu_name(), cpu_count=os.cpu_count(), python=platform.python_version(),
+                      command="python -m course_utils.finetuning --sweep",
+                      load_average_at_end=round(os.getloadavg()[0], 1), date=time.strftime("%Y-%m-%d")),
         baseline=baseline, runs=runs, sweep_seconds=round(time.perf_counter() - t0, 1))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def merge_sweeps(paths: Sequence[Path], out: Path | None = SWEEP_PATH) -> dict[str, Any]:
+    """Combine the files of a sweep run in parts (same settings) into one, runs in their fixed order."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(parts[0], runs=sorted((r for p in parts for r in p["runs"]), key=lambda r: r["index"]),
+                  sweep_seconds=max(p["sweep_seconds"] for p in parts), parallel_parts=len(parts))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def load_sweep(path: Path = SWEEP_PATH) -> dict[str, Any]:
@@ -478,17 +528,18 @@ def load_sweep(path: Path = SWEEP_PATH) -> dict[str, Any]:
 
 
 def sweep_table(sweep: dict[str, Any], names: Sequence[str] | None = None) -> str:
-    """A markdown table of method -> ROUGE-L, trainable parameters, seconds, story perplexity."""
+    """A markdown table: method -> trainable parameters, training CPU seconds, ROUGE-L, story perplexity."""
     b = sweep["baseline"]
-    lines = ["| method | PEFT class | trainable params | share | seconds | ROUGE-L | story ppl (task mode) "
-             "| story ppl (adapter removed) |", "|---|---|---:|---:|---:|---:|---:|---:|",
+    lines = ["| method | PEFT class | trainable params | share | train CPU s | ROUGE-L | story ppl, task mode "
+             "| story ppl, adapter removed |", "|---|---|---:|---:|---:|---:|---:|---:|",
              f"| tiny-base, no tuning | - | 0 | 0 % | 0 | {b['rougeL']:.2f} | {b['story_ppl']:.2f} | - |"]
     for r in sweep["runs"]:
         if names is not None and r["name"] not in names:
             continue
         removed = r.get("story_ppl_adapter_removed")
-        lines.append(f"| {r['name']} | {r['peft_class']} | {r['trainable_params']:,} | {100 * r['share']:.2g} % | "
-                     f"{r['seconds']:.0f} | {r['rougeL']:.2f} | {r['story_ppl_after']:.2f} | "
+        share = f"{100 * r['share']:.0f} %" if r["share"] >= 0.1 else f"{100 * r['share']:.2g} %"
+        lines.append(f"| {r['name']} | {r['peft_class']} | {r['trainable_params']:,} | {share} | "
+                     f"{r['cpu_seconds']:.0f} | {r['rougeL']:.2f} | {r['story_ppl_after']:.2f} | "
                      f"{'-' if removed is None else f'{removed:.2f}'} |")
     return "\n".join(lines)
 
@@ -497,18 +548,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_utils.finetuning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="run the full comparison and write the JSON")
-    parser.add_argument("--quick", action="store_true", help="a few steps, two ranks (for tests); needs --out")
+    parser.add_argument("--quick", action="store_true", help="a few steps, few ranks (for tests); needs --out")
     parser.add_argument("--only", default=None, help="run only methods whose name contains this")
+    parser.add_argument("--part", default="0/1", help="I/N: run every N-th run from the I-th (parallel parts)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="combine the JSON files of parts into --out")
     parser.add_argument("--out", type=Path, default=SWEEP_PATH)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a busy machine)")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_sweeps(args.merge, args.out)
+        print(f"merged {len(args.merge)} parts -> {args.out}")
+        return 0
     if not args.sweep:
         parser.print_help()
         return 0
     if args.quick and args.out.resolve() == SWEEP_PATH.resolve():
         parser.error("--quick would overwrite the cached sweep: give --out FILE")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = (SweepConfig(steps=4, n_train=40, n_eval=4, n_stories=4, ranks=(1, 4)) if args.quick else SweepConfig())
-    result = run_sweep(cfg, args.out, only=args.only)
+    i, n = (int(x) for x in args.part.split("/"))
+    torch.set_num_threads(args.threads)
+    cfg = (SweepConfig(steps=4, n_train=40, n_eval=4, n_stories=4, ranks={"all-linear": (1, 4), "c_attn": (2,)})
+           if args.quick else SweepConfig())
+    result = run_sweep(cfg, args.out, only=args.only, part=(i, n))
     print(f"sweep done in {result['sweep_seconds']:.0f} s -> {args.out}")
     return 0
 

@@ -6,7 +6,7 @@
     >>> w.rank.value = 16; w.state["trainable"]              # tests drive it headlessly
 
 Quality comes from the cached sweep (``python -m course_utils.finetuning --sweep``): ROUGE-L on held-out
-dialogues after 300 training steps at each measured rank. Ranks the sweep did not train are shown as
+dialogues after the sweep's training steps at each measured rank. Ranks the sweep did not train are shown as
 "not measured", with the nearest measured neighbours -- never an invented number. The chart is inline SVG
 (no JavaScript, no figure rendering), so a slider change redraws in about a millisecond.
 """
@@ -42,7 +42,7 @@ def measured_quality(sweep: dict[str, Any] | None, target: str) -> dict[int, flo
     if not sweep:
         return {}
     return {int(r["r"]): float(r["rougeL"]) for r in sweep.get("runs", [])
-            if r.get("method") == "lora" and r.get("target") == target}
+            if r.get("method") == "lora" and r.get("target") == target and not r.get("variant")}
 
 
 def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int = 420, height: int = 220) -> str:
@@ -62,7 +62,7 @@ def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int 
     legend_y = top + 10
     if sweep:
         for run in sweep.get("runs", []):
-            if run.get("method") == "full":
+            if run.get("method") == "full" and not run.get("variant"):
                 parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y(run["rougeL"]):.1f}" '
                              f'y2="{y(run["rougeL"]):.1f}" stroke="#555" stroke-dasharray="4 3"/>')
                 parts.append(f'<text x="{left + w + 4}" y="{y(run["rougeL"]) + 4:.1f}">full FT</text>')
@@ -96,12 +96,13 @@ class LoRARankExplorer(widgets.VBox):
         self.model, self.sweep = model, sweep
         self.inject_fn, self.count_fn, self.alpha_over_r = inject_fn, count_fn, alpha_over_r
         self.total = sum(p.numel() for p in model.parameters())
+        self.steps = (sweep or {}).get("settings", {}).get("steps", "?")
         self.state: dict[str, Any] = {}
         self._cache: dict[tuple[str, int], int] = {}
         self._skeleton: nn.Module | None = None  # the model on the meta device: copies cost no memory
         self.rank = widgets.IntSlider(value=8, min=1, max=64, description="rank r", continuous_update=False)
         self.target = widgets.Dropdown(options=list(TARGETS), value="c_attn", description="targets")
-        self.readout = widgets.HTML(layout=widgets.Layout(height="250px"))
+        self.readout = widgets.HTML(layout=widgets.Layout(height="240px"))
         self.errors = error_output()
         self.redrawer = Redrawer(self._draw, self.errors)
         self.rank.observe(lambda _: self.redrawer(), names="value")
@@ -148,7 +149,7 @@ class LoRARankExplorer(widgets.VBox):
                 ("share of the model", f"<b>{100 * n / self.total:.2f} %</b>"),
                 ("adapter size", f"{4 * n / 1024:.1f} KiB in fp32, {2 * n / 1024:.1f} KiB in fp16 "
                                  f"(the full model: {4 * self.total / 2**20:.1f} MiB)"),
-                ("ROUGE-L after 300 steps", q_text)]
+                (f"ROUGE-L after {self.steps} steps", q_text)]
         table = "".join(f"<tr><td style='padding-right:12px'>{k}</td><td>{v}</td></tr>" for k, v in rows)
         self.readout.value = (f"<div style='display:flex;gap:16px'><table>{table}</table>"
                               f"{_svg_chart(self.sweep, r, target)}</div>")
