@@ -420,6 +420,11 @@ def test_beta_explorer_redraws_per_beta_headlessly():
     assert w.state["kl"] == 1.0
     assert "&lt;b&gt;0.3&lt;/b&gt;" in w.readout.value  # sample texts are escaped
     assert w.redrawer.last_error is None and max(w.redrawer.timings_ms) < 100
+    assert w.state["verdict"].startswith("✓ aligned")  # both scores rose
+    hacked = run("0.0", 40.0)
+    hacked["eval"]["labeller"] = -2.0
+    w = beta_explorer({"0.0": hacked})
+    assert "reward hacking" in w.state["verdict"] and "reward hacking" in w.readout.value
     with pytest.raises(ValueError, match="empty"):
         beta_explorer({})
 

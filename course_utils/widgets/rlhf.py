@@ -100,8 +100,8 @@ def _svg_curves(sweep: Mapping[str, Any], selected: str, key: str, name: str, wi
              'style="font: 10px sans-serif">',
              f'<text x="{left}" y="11" font-weight="bold">{html.escape(name)}</text>',
              f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{hi:.3g}</text>',
-             f'<text x="{left - 4}" y="{top + h}" text-anchor="end">{lo:.3g}</text>',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{hi:.1f}</text>',
+             f'<text x="{left - 4}" y="{top + h}" text-anchor="end">{lo:.1f}</text>',
              f'<text x="{left + w / 2}" y="{height - 4}" text-anchor="middle">PPO step</text>']
     for i, (b, s) in enumerate(series.items()):
         color = _PALETTE[i % len(_PALETTE)]
@@ -137,20 +137,42 @@ class BetaExplorer(widgets.VBox):
         before = run.get("before", {})
         self.state = {"beta": float(beta), **{k: ev.get(k) for k in ("reward", "labeller", "kl", "distinct_2",
                                                                       "p_positive")}}
+        self.state["verdict"] = verdict = _verdict(before, ev)
         rows = [("reward-model score", "reward"), ("labeller score (hidden)", "labeller"),
                 ("P(positive), AI judge", "p_positive"), ("KL to reference (nats)", "kl"),
                 ("distinct-2 (diversity)", "distinct_2"), ("completion length (tokens)", "length")]
-        table = "".join(f"<tr><td style='padding-right:10px'>{name}</td>"
-                        f"<td>{before.get(k, float('nan')):.2f}</td><td><b>{ev.get(k, float('nan')):.2f}</b></td></tr>"
+        table = "".join(f"<tr><td style='padding-right:10px;white-space:nowrap'>{name}</td>"
+                        f"<td style='padding:0 10px'>{before.get(k, float('nan')):.2f}</td>"
+                        f"<td><b>{ev.get(k, float('nan')):.2f}</b></td></tr>"
                         for name, k in rows if k in ev)
         charts = "".join(_svg_curves(self.sweep, beta, k, n) for k, n in METRICS)
+        legend = " ".join(f"<span style='color:{_PALETTE[i % len(_PALETTE)]};"
+                          f"font-weight:{'bold' if b == beta else 'normal'}'>━ β = {html.escape(b)}</span>"
+                          for i, b in enumerate(self.sweep))
         samples = "".join(f"<li>{html.escape(t)}</li>" for t in ev.get("texts", [])[:5])
-        secs = sum(h.get("seconds", [])) if h.get("seconds") else float("nan")
         self.readout.value = (
+            f"<div style='font-size:12px'>{legend} &nbsp; (bold: the β chosen; one line per cached run)</div>"
             f"<div style='display:flex'>{charts}</div>"
-            f"<div style='display:flex;gap:24px'><table><tr><th></th><th>before</th><th>after (β = {beta})</th></tr>"
+            f"<div style='margin:4px 0'>{html.escape(verdict)}</div>"
+            f"<div style='display:flex;gap:24px'><table><tr><th></th><th style='padding:0 10px'>before</th>"
+            f"<th style='white-space:nowrap'>after, β = {html.escape(beta)}</th></tr>"
             f"{table}</table><div style='max-width:560px'><b>samples after training</b> "
-            f"({len(h.get('reward', []))} steps, {secs:.0f} s when cached)<ul>{samples}</ul></div></div>")
+            f"({len(h.get('reward', []))} PPO steps)<ul>{samples}</ul></div></div>")
+
+
+def _verdict(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """One sentence on what this run did: reward hacking, alignment, or hardly any change."""
+    try:
+        d_reward = after["reward"] - before["reward"]
+        d_label = after["labeller"] - before["labeller"]
+    except (KeyError, TypeError):
+        return ""
+    change = f"reward-model score {d_reward:+.2f}, labeller {d_label:+.2f}, KL {after.get('kl', float('nan')):.1f} nats"
+    if d_reward > 0.5 and d_label < 0:
+        return f"⚠ reward hacking: the reward model's score rose while the labeller's fell ({change})."
+    if d_reward > 0.5 and d_label > 0:
+        return f"✓ aligned: the reward model and the labeller both prefer the new reviews ({change})."
+    return f"· little change: the KL penalty holds the policy near the reference ({change})."
 
 
 def beta_explorer(sweep: Mapping[str, Any] | None = None) -> BetaExplorer:
