@@ -45,9 +45,9 @@ def measured_quality(sweep: dict[str, Any] | None, target: str) -> dict[int, flo
             if r.get("method") == "lora" and r.get("target") == target and not r.get("variant")}
 
 
-def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int = 420, height: int = 220) -> str:
+def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int = 440, height: int = 220) -> str:
     """ROUGE-L against rank (log scale) for each swept target, the current rank marked. Inline SVG."""
-    left, right, top, bottom = 44, 110, 12, 34
+    left, right, top, bottom = 44, 64, 12, 34
     w, h = width - left - right, height - top - bottom
     x = lambda r: left + w * math.log2(r) / 6  # noqa: E731 - ranks 1..64
     y = lambda v: top + h * (1 - v)  # noqa: E731 - ROUGE in [0, 1]
@@ -59,7 +59,7 @@ def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int 
     for r in (1, 2, 4, 8, 16, 32, 64):
         parts.append(f'<text x="{x(r):.1f}" y="{top + h + 14}" text-anchor="middle">{r}</text>')
     parts.append(f'<text x="{left + w / 2}" y="{height - 4}" text-anchor="middle">LoRA rank r</text>')
-    legend_y = top + 10
+    legend_x, legend_y = left + w - 8, y(0.2)  # lower right, inside the frame: the curves are high there
     if sweep:
         for run in sweep.get("runs", []):
             if run.get("method") == "full" and not run.get("variant"):
@@ -80,7 +80,7 @@ def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int 
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" '
                      f'stroke-width="{3 if name == target else 1.5}"/>')
         parts += [f'<circle cx="{x(r):.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>' for r, v in quality.items()]
-        parts.append(f'<text x="{left + w + 4}" y="{legend_y}" fill="{color}">LoRA {name}</text>')
+        parts.append(f'<text x="{legend_x}" y="{legend_y:.1f}" fill="{color}" text-anchor="end">LoRA, {name}</text>')
         legend_y += 14
     parts.append(f'<line x1="{x(rank):.1f}" x2="{x(rank):.1f}" y1="{top}" y2="{top + h}" stroke="#ff7f0e" '
                  'stroke-width="2"/>')
@@ -102,7 +102,7 @@ class LoRARankExplorer(widgets.VBox):
         self._skeleton: nn.Module | None = None  # the model on the meta device: copies cost no memory
         self.rank = widgets.IntSlider(value=8, min=1, max=64, description="rank r", continuous_update=False)
         self.target = widgets.Dropdown(options=list(TARGETS), value="c_attn", description="targets")
-        self.readout = widgets.HTML(layout=widgets.Layout(height="240px"))
+        self.readout = widgets.HTML(layout=widgets.Layout(height="270px"))
         self.errors = error_output()
         self.redrawer = Redrawer(self._draw, self.errors)
         self.rank.observe(lambda _: self.redrawer(), names="value")
@@ -151,7 +151,8 @@ class LoRARankExplorer(widgets.VBox):
                                  f"(the full model: {4 * self.total / 2**20:.1f} MiB)"),
                 (f"ROUGE-L after {self.steps} steps", q_text)]
         table = "".join(f"<tr><td style='padding-right:12px'>{k}</td><td>{v}</td></tr>" for k, v in rows)
-        self.readout.value = (f"<div style='display:flex;gap:16px'><table>{table}</table>"
+        self.readout.value = (f"<div style='display:flex;gap:16px;align-items:flex-start'>"
+                              f"<table style='width:400px;flex:none;line-height:1.3'>{table}</table>"
                               f"{_svg_chart(self.sweep, r, target)}</div>")
 
 
