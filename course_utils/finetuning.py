@@ -54,7 +54,9 @@ def needs_exercise(*names: str) -> Iterator[None]:
     try:
         yield
     except NotImplementedError:
-        print(f"This demo uses your {' and '.join(names)}: answer that exercise above, run its cell, "
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        which = "that exercise above, run its cell" if len(names) == 1 else "those exercises above, run their cells"
+        print(f"This demo uses your {listed}: answer {which}, "
               "then run this cell again.")
 
 

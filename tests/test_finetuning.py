@@ -332,3 +332,12 @@ def test_widget_on_the_cached_sweep_redraws_fast(base):
             assert w.state["share"] == pytest.approx(w.state["trainable"] / base[0].num_parameters())
     timings = sorted(w.redrawer.timings_ms[1:])
     assert timings[int(0.95 * len(timings))] < 100, f"p95 redraw {timings[int(0.95 * len(timings))]:.1f} ms"
+
+
+def test_needs_exercise_explains_unanswered_exercises_and_lets_real_errors_through(capsys):
+    with ft.needs_exercise("LoRALinear", "inject_lora"):
+        raise NotImplementedError
+    assert "your LoRALinear and inject_lora: answer those exercises" in capsys.readouterr().out
+    with pytest.raises(ZeroDivisionError):
+        with ft.needs_exercise("SoftPrompt"):
+            1 / 0
