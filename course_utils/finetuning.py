@@ -377,6 +377,7 @@ class SweepConfig:
     ranks: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "all-linear": (1, 2, 4, 8, 16, 32, 64), "c_attn": (1, 4, 16, 64)})
     n_virtual_tokens: int = 20
+    more_virtual_tokens: int = 50  # a second prompt-tuning run: does a longer soft prompt help?
     harder_lr_full: float = 1e-3  # the same steps with a 10x larger learning rate: does forgetting grow?
     harder_lr_lora: float = 5e-3
 
@@ -401,8 +402,8 @@ def _methods(cfg: SweepConfig) -> list[dict[str, Any]]:
     for target, ranks in cfg.ranks.items():
         runs += [dict(name=f"LoRA {target} r={r}", method="lora", peft_class="reparameterization", target=target,
                       r=r, alpha=cfg.lora_alpha_over_r * r, lr=cfg.lr_lora) for r in ranks]
-    runs.append(dict(name=f"prompt tuning ({cfg.n_virtual_tokens} virtual tokens)", method="prompt",
-                     peft_class="additive", n_virtual_tokens=cfg.n_virtual_tokens, lr=cfg.lr_prompt))
+    runs += [dict(name=f"prompt tuning ({n} virtual tokens)", method="prompt", peft_class="additive",
+                  n_virtual_tokens=n, lr=cfg.lr_prompt) for n in (cfg.n_virtual_tokens, cfg.more_virtual_tokens)]
     runs.append(dict(full, name=f"full fine-tuning, lr {cfg.harder_lr_full:g}", lr=cfg.harder_lr_full,
                      variant="harder"))
     r = 8

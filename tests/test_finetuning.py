@@ -183,14 +183,15 @@ def test_mean_rouge_accepts_floats_and_triples():
 
 def test_quick_sweep_writes_every_method_and_removing_lora_restores_the_base(tmp_path):
     cfg = ft.SweepConfig(steps=2, n_train=16, n_eval=2, n_stories=3, batch_size=4, ranks={"c_attn": (1,)},
-                         n_virtual_tokens=2)
+                         n_virtual_tokens=2, more_virtual_tokens=3)
     parts = [ft.run_sweep(cfg, tmp_path / f"part{i}.json", part=(i, 2), log=False) for i in range(2)]
     merged = ft.merge_sweeps([tmp_path / "part0.json", tmp_path / "part1.json"], tmp_path / "sweep.json")
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved == json.loads(json.dumps(merged))
     assert saved["settings"]["steps"] == 2 and saved["settings"]["eval_seed"] == world.HELD_OUT_SEED
-    assert [r["index"] for r in saved["runs"]] == list(range(6))
-    assert [r["method"] for r in saved["runs"]] == ["full", "bitfit", "lora", "prompt", "full", "lora"]
+    assert [r["index"] for r in saved["runs"]] == list(range(7))
+    assert [r["method"] for r in saved["runs"]] == ["full", "bitfit", "lora", "prompt", "prompt", "full", "lora"]
+    assert saved["runs"][4]["trainable_params"] == 3 * 128
     lora = saved["runs"][2]
     assert lora["trainable_params"] == 4 * 1 * (128 + 3 * 128)  # 4 layers x r x (in + out)
     baseline = parts[0]["baseline"]["story_ppl"]
