@@ -16,7 +16,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a busy machine
 
-from course_utils import rlhf, world  # noqa: E402
+from course_utils import rlhf, rlhf_sweep, world  # noqa: E402
 from course_utils.models import ModelNotFoundError, load_model  # noqa: E402
 
 
@@ -322,13 +322,13 @@ def test_sweep_round_trip(tmp_path):
                                                 distinct_2=[0.9, 0.5], seconds=[1, 1]).to_dict(),
                     "eval": {"reward": 1.0, "labeller": 2.0, "kl": 3.0, "distinct_2": 0.5, "texts": ["a"]}}}
     runs["0.0"]["eval"]["texts"] = [f"t{i}" for i in range(40)]
-    path = rlhf.save_sweep(runs, tmp_path / "s.json")
-    loaded = rlhf.load_sweep(path)
+    path = rlhf_sweep.save_sweep(runs, tmp_path / "s.json")
+    loaded = rlhf_sweep.load_sweep(path)
     assert loaded["0.0"]["history"]["reward"] == [0.1, 0.5]
     assert loaded["0.0"]["eval"]["texts"] == [f"t{i}" for i in range(16)]
     assert len(runs["0.0"]["eval"]["texts"]) == 40  # the caller's dict is not modified
     with pytest.raises(FileNotFoundError, match="RUN_SWEEP"):
-        rlhf.load_sweep(tmp_path / "missing.json")
+        rlhf_sweep.load_sweep(tmp_path / "missing.json")
 
 
 def test_exercise_functions_come_from_the_answer_cells(tmp_path):
@@ -343,18 +343,18 @@ def test_exercise_functions_come_from_the_answer_cells(tmp_path):
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [cell("x = 1")] + [cell(f"def {name}(*args):\n    return {k}", name, solution=True)
-                                  for k, name in enumerate(rlhf.EXERCISES)]
+                                  for k, name in enumerate(rlhf_sweep.EXERCISES)]
     nb.cells.append(cell("raise RuntimeError('a test cell is not run')", "test_x", grade=True))
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
-    fns = rlhf.exercise_functions(path)
-    assert [fns[n]() for n in rlhf.EXERCISES] == [0, 1, 2, 3]
+    fns = rlhf_sweep.exercise_functions(path)
+    assert [fns[n]() for n in rlhf_sweep.EXERCISES] == [0, 1, 2, 3]
     nb.cells = nb.cells[:3]
     nbformat.write(nb, path)
     with pytest.raises(ValueError, match="kl_penalized_rewards, ppo_clipped_loss"):
-        rlhf.exercise_functions(path)
+        rlhf_sweep.exercise_functions(path)
     with pytest.raises(FileNotFoundError, match="--notebook"):
-        rlhf.exercise_functions(tmp_path / "missing.ipynb")
+        rlhf_sweep.exercise_functions(tmp_path / "missing.ipynb")
 
 
 def test_beta_sweep_runs_the_pipeline_with_the_given_functions():
@@ -366,9 +366,9 @@ def test_beta_sweep_runs_the_pipeline_with_the_given_functions():
             return fn(*args)
         return wrapped
 
-    cfg = rlhf.SweepConfig(betas=(0.0, 1.0), steps=1, batch_size=2, rm_train_prompts=6, rm_steps=3,
+    cfg = rlhf_sweep.SweepConfig(betas=(0.0, 1.0), steps=1, batch_size=2, rm_train_prompts=6, rm_steps=3,
                            calibration_prompts=4, eval_prompts=2)
-    sweep = rlhf.beta_sweep(count("pairs", _pairs), count("rm", _bt_loss), count("kl", _kl_rewards),
+    sweep = rlhf_sweep.beta_sweep(count("pairs", _pairs), count("rm", _bt_loss), count("kl", _kl_rewards),
                             count("ppo", _clip_loss), config=cfg, log=lambda m: None)
     assert all(calls.values()), calls
     assert list(sweep["runs"]) == ["0.0", "1.0"]
@@ -379,10 +379,10 @@ def test_beta_sweep_runs_the_pipeline_with_the_given_functions():
 
 
 def test_cached_sweep_records_how_it_was_made():
-    if not rlhf.SWEEP_PATH.is_file():
+    if not rlhf_sweep.SWEEP_PATH.is_file():
         pytest.skip("no cached sweep yet: run python -m course_utils.rlhf")
-    made = rlhf.sweep_provenance()
-    assert sorted(made["config"]["betas"]) == sorted(float(b) for b in rlhf.load_sweep())
+    made = rlhf_sweep.sweep_provenance()
+    assert sorted(made["config"]["betas"]) == sorted(float(b) for b in rlhf_sweep.load_sweep())
     for key in ("seed", "rm_seed", "calibration_seed", "eval_seed", "steps", "batch_size"):
         assert key in made["config"]
     for key in ("torch", "transformers", "date", "seconds_total", "regenerate"):
@@ -391,9 +391,9 @@ def test_cached_sweep_records_how_it_was_made():
 
 
 def test_cached_sweep_has_the_betas_and_shows_the_tradeoff():
-    if not rlhf.SWEEP_PATH.is_file():
+    if not rlhf_sweep.SWEEP_PATH.is_file():
         pytest.skip("no cached sweep yet: run the notebook's sweep cell with RUN_SWEEP = True")
-    sweep = rlhf.load_sweep()
+    sweep = rlhf_sweep.load_sweep()
     betas = sorted(float(b) for b in sweep)
     assert betas[0] == 0.0 and len(betas) >= 3
     kl = {float(b): run["eval"]["kl"] for b, run in sweep.items()}

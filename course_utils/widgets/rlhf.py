@@ -178,7 +178,7 @@ def _verdict(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
 def beta_explorer(sweep: Mapping[str, Any] | None = None) -> BetaExplorer:
     """Build the explorer over ``sweep`` (default: the cached sweep in ``assets/rlhf``)."""
     if sweep is None:
-        from course_utils.rlhf import load_sweep
+        from course_utils.rlhf_sweep import load_sweep
 
         sweep = load_sweep()
     return BetaExplorer(sweep)
