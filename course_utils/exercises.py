@@ -18,6 +18,6 @@ def needs_exercise(*names: str) -> Iterator[None]:
     try:
         yield
     except NotImplementedError:
-        which = "that exercise" if len(names) == 1 else "those exercises"
-        print(f"This demo uses your {' and '.join(names)}: answer {which} above, run the cell, "
-              "then run this cell again.")
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        which = "that exercise above, run its cell" if len(names) == 1 else "those exercises above, run their cells"
+        print(f"This demo uses your {listed}: answer {which}, then run this cell again.")

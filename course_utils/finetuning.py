@@ -21,7 +21,6 @@ provides the plumbing around them, so it never holds an answer:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -31,33 +30,23 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from course_utils import world
+from course_utils.exercises import needs_exercise  # noqa: F401  (re-exported for the notebook)
+from course_utils.train import BLOCK_SIZE, collate, encode_pair, encode_pairs  # noqa: F401  (re-exported: ft.collate, ...)
 
 FINETUNE_SEED = 2  # training dialogues: a seed neither tiny-base (0) nor tiny-instruct (1) saw
 SWEEP_PATH = Path(__file__).resolve().parent / "assets" / "finetuning" / "sweep.json"
-MAX_LEN = 256
+MAX_LEN = BLOCK_SIZE  # the bundled models' context window
 TARGETS = {  # target-module choices used by the sweep and the widget (GPT-2 names)
     "c_attn": ["c_attn"],
     "attention": ["c_attn", "attn.c_proj"],
     "all-linear": ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"],
 }
-
-
-@contextlib.contextmanager
-def needs_exercise(*names: str) -> Iterator[None]:
-    """Run a demo that uses the learner's functions; if one is not written yet, say so instead of failing."""
-    try:
-        yield
-    except NotImplementedError:
-        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        which = "that exercise above, run its cell" if len(names) == 1 else "those exercises above, run their cells"
-        print(f"This demo uses your {listed}: answer {which}, "
-              "then run this cell again.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,38 +56,6 @@ def needs_exercise(*names: str) -> Iterator[None]:
 def summary_pairs(seed: int = FINETUNE_SEED, n: int = 2000) -> list[tuple[str, str]]:
     """``n`` (prompt, completion) pairs: the summarise instruction and `` <reference summary>``."""
     return [(world.summarize_prompt(d.text), " " + d.summary) for d in world.dialogues(seed, n)]
-
-
-def encode_pair(tokenizer, prompt: str, completion: str, max_len: int = MAX_LEN) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + completion + EOS, and labels that are ``-100`` over the prompt.
-
-    The loss is then computed on the completion only: the model learns to *answer*, not to re-write
-    the instruction. (``-100`` is the ``ignore_index`` of PyTorch's cross-entropy.)
-    """
-    p = tokenizer(prompt)["input_ids"]
-    c = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
-    ids, labels = (p + c)[:max_len], ([-100] * len(p) + c)[:max_len]
-    return ids, labels
-
-
-def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], max_len: int = MAX_LEN) -> list[tuple[list[int], list[int]]]:
-    """:func:`encode_pair` for every pair."""
-    return [encode_pair(tokenizer, p, c, max_len) for p, c in pairs]
-
-
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad rows into ``input_ids`` (B, T), ``labels`` (B, T) with -100 on padding, ``attention_mask`` (B, T)."""
-    if not rows:
-        raise ValueError("collate() got no rows: pass at least one (ids, labels) pair")
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(x)] = 1
-    return ids, labels, mask
 
 
 def tokenize(text: str) -> list[str]:

@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import torch
 
@@ -77,22 +78,30 @@ def _blocks(tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids[: n * (BLOCK_SIZE + 1)]).view(n, BLOCK_SIZE + 1)  # (N, T+1)
 
 
-def _instruction_rows(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels for prompt-completion pairs; labels are -100 on the prompt (no loss there)."""
-    rows = []
-    for prompt, completion in pairs:
-        p = tokenizer(prompt)["input_ids"]
-        c = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (p + c)[:BLOCK_SIZE]
-        labels = ([-100] * len(p) + c)[:BLOCK_SIZE]
-        rows.append((ids, labels))
-    return rows
+def encode_pair(tokenizer, prompt: str, completion: str, max_len: int = BLOCK_SIZE) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion + EOS, and labels that are ``-100`` over the prompt.
+
+    The loss is then computed on the completion only: the model learns to *answer*, not to re-write
+    the instruction. (``-100`` is the ``ignore_index`` of PyTorch's cross-entropy.)
+    """
+    p = tokenizer(prompt)["input_ids"]
+    c = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
+    return (p + c)[:max_len], ([-100] * len(p) + c)[:max_len]
 
 
-def _pad_batch(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], max_len: int = BLOCK_SIZE
+                 ) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` for every (prompt, completion) pair."""
+    return [encode_pair(tokenizer, p, c, max_len) for p, c in pairs]
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad rows into ``input_ids`` (B, T), ``labels`` (B, T) with -100 on padding, ``attention_mask`` (B, T)."""
+    if not rows:
+        raise ValueError("collate() got no rows: pass at least one (ids, labels) pair")
     width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    labels = torch.full((len(rows), width), -100)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)] = torch.tensor(x)
@@ -158,7 +167,7 @@ def instruction_tune(model, tokenizer, cfg: TrainConfig, log_every: int = 100):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     pairs = world.instructions(world.INSTRUCT_SEED, cfg.n_documents)
-    rows = _instruction_rows(tokenizer, pairs)
+    rows = encode_pairs(tokenizer, pairs)
     plain = [(ids, ids) for ids in (tokenizer(d)["input_ids"][:BLOCK_SIZE]
                                     for d in world.pretraining_documents(world.INSTRUCT_SEED + 100,
                                                                          cfg.n_documents // 3))]
@@ -166,7 +175,7 @@ def instruction_tune(model, tokenizer, cfg: TrainConfig, log_every: int = 100):
     model.train()
     for step in range(cfg.steps):
         batch = [rng.choice(plain) if rng.random() < 0.25 else rng.choice(rows) for _ in range(cfg.batch_size)]
-        ids, labels, mask = _pad_batch(batch, tokenizer.pad_token_id)
+        ids, labels, mask = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         _optimizer_step(model, opt, sched, loss)
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):

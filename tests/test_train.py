@@ -27,7 +27,7 @@ def test_quick_refuses_to_overwrite_the_bundled_models():
 
 def test_instruction_labels_mask_the_prompt():
     tokenizer = train.build_tokenizer(["Summarize the dialogue: hello there. Summary: hi"], vocab_size=300)
-    (ids, labels), = train._instruction_rows(tokenizer, [("Summarize the dialogue: hello", " hi")])
+    (ids, labels), = train.encode_pairs(tokenizer, [("Summarize the dialogue: hello", " hi")])
     n_prompt = len(tokenizer("Summarize the dialogue: hello")["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:]
