@@ -90,7 +90,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _rss_bytes(pid: int) -> int:
+def _memory_bytes(pid: int) -> int:
+    """The memory ``pid`` really holds: its PSS (proportional set size) where Linux gives it, else its RSS.
+
+    PSS splits each shared page between the processes that share it. Summing RSS over a process tree would
+    count the pages that forked workers (the DDP demo) share with the kernel once per process.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
@@ -190,7 +201,14 @@ WIDGET_PROBE = f'''def _bench_widget_latency(budget_s=25.0, per_control=30):
             from course_utils.widgets.common import Redrawer
         except Exception:
             return []
-        return [o for o in gc.get_objects() if isinstance(o, Redrawer)]
+        found = []
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, Redrawer):
+                    found.append(o)
+            except ReferenceError:      # a dead weakref.proxy (peft, torch hooks): isinstance itself raises
+                continue
+        return found
 
     redrawers = redrawer_timings()
     seen = {{id(r): len(r.timings_ms) for r in redrawers}}
@@ -241,7 +259,7 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
     def sample() -> None:  # the kernel's process tree, every 50 ms, until the notebook's own cells are done
         me = os.getpid()
         while not peak["stop"]:
-            total = sum(_rss_bytes(pid) for pid in _descendants(me))
+            total = sum(_memory_bytes(pid) for pid in _descendants(me))
             peak["tree"] = max(peak["tree"], total)
             time.sleep(0.05)
 
@@ -292,7 +310,7 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
         "kernel_cpu_s": round(rss["cpu_s"], 1) if rss else None,
         "load_avg_1m_at_start": load_at_start,
         "kernel_children_peak_rss_mb": round(rss["children_kb"] * 1024 / 1e6, 1) if rss else None,
-        "sampled_tree_peak_rss_mb": round(peak["tree"] / 1e6, 1),
+        "sampled_tree_peak_pss_mb": round(peak["tree"] / 1e6, 1),
         "slowest_cells": [{"cell": i, "s": round(s, 2), "first_line": line} for s, i, line in durations[:4]],
         "widgets": widgets,
     }
@@ -321,7 +339,7 @@ def run_notebook(path: Path, mode: str, timeout: float = 900) -> dict:
         result["process_s"] = round(time.perf_counter() - start, 2)
         if not result["ok"]:
             result["stderr_tail"] = proc.stderr.strip()[-600:]
-        peaks = [v for v in (result.get("kernel_peak_rss_mb"), result.get("sampled_tree_peak_rss_mb")) if v]
+        peaks = [v for v in (result.get("kernel_peak_rss_mb"), result.get("sampled_tree_peak_pss_mb")) if v]
         result["peak_rss_mb"] = max(peaks) if peaks else None
         return result
 
@@ -507,8 +525,8 @@ def bench_sampling(ns: dict[str, Any]) -> list[dict]:
     ids = torch.zeros(B, 1, dtype=torch.long)
     rows = []
     pairs = [
-        (("(apply_)?temperature.*", "scale_.*temperature.*"), "transformers TemperatureLogitsWarper(0.7)",
-         lambda f: f(logits, 0.7), lambda: TemperatureLogitsWarper(0.7)(ids, logits)),
+        (("softmax_with_temperature", "(apply_)?temperature.*"), "transformers TemperatureLogitsWarper(0.7) + softmax",
+         lambda f: f(logits, 0.7), lambda: torch.softmax(TemperatureLogitsWarper(0.7)(ids, logits), dim=-1)),
         (("top_k.*", ".*top_k_filter.*"), "transformers TopKLogitsWarper(50)",
          lambda f: f(logits, 50), lambda: TopKLogitsWarper(top_k=50)(ids, logits)),
         (("top_p.*", ".*top_p_filter.*", "nucleus.*"), "transformers TopPLogitsWarper(0.9)",
