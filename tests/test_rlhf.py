@@ -447,3 +447,14 @@ def test_plots_use_the_learners_function():
     assert max(line) == pytest.approx(1.3, abs=1e-5)
     assert plot_reward_model_training([0.7, 0.6, 0.5] * 5, 0.9).axes
     assert plot_ppo({"β = 0": rlhf.PPOHistory(beta=0.0, reward=[0, 1], labeller=[0, 1], kl=[0, 2])}).axes
+
+
+def test_beta_explorer_verdict_names_what_the_run_did():
+    from course_utils.widgets.rlhf import _verdict
+
+    before = {"reward": 0.1, "labeller": -1.6, "kl": 0.0}
+    hacked = _verdict(before, {"reward": 6.4, "labeller": -4.4, "kl": 45.5})
+    assert hacked.startswith("⚠ reward hacking") and "reward-model score +6.30" in hacked and "labeller -2.80" in hacked
+    assert _verdict(before, {"reward": 1.7, "labeller": 1.2, "kl": 5.5}).startswith("✓ aligned")
+    assert _verdict(before, {"reward": 0.5, "labeller": -1.1, "kl": 1.0}).startswith("· little change")
+    assert _verdict(before, {}) == "", "a run without an evaluation gets no verdict rather than a wrong one"
