@@ -200,15 +200,6 @@ def world_words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text)
 
 
-def test_needs_exercise_explains_only_missing_answers(capsys):
-    with A.needs_exercise("causal_mask"):
-        raise NotImplementedError()
-    assert "causal_mask" in capsys.readouterr().out
-    with pytest.raises(ZeroDivisionError):
-        with A.needs_exercise("causal_mask"):
-            1 / 0
-
-
 # ----------------------------------------------------------------------------------------------
 # Plots
 

@@ -121,15 +121,6 @@ def test_entropy_bits():
     assert float(sampling.entropy_bits(torch.full((8,), 1 / 8))) == pytest.approx(3.0)
 
 
-def test_needs_exercise_turns_not_implemented_into_a_message(capsys):
-    with sampling.needs_exercise("top_k_filter"):
-        raise NotImplementedError()
-    assert "top_k_filter" in capsys.readouterr().out
-    with pytest.raises(ZeroDivisionError):
-        with sampling.needs_exercise("top_k_filter"):
-            1 / 0
-
-
 # ----------------------------------------------------------------------------------------------
 # Few-shot scoring
 
