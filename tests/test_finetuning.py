@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a busy machine
 
 from course_utils import finetuning as ft  # noqa: E402
+from course_utils import finetuning_sweep as fs  # noqa: E402
 from course_utils import world  # noqa: E402
 from course_utils.models import load_model  # noqa: E402
 
@@ -181,11 +182,22 @@ def test_mean_rouge_accepts_floats_and_triples():
 # Sweep
 
 
+def test_sweep_command_refuses_to_overwrite_the_cache_in_quick_mode_and_old_entry_point_still_works(capsys):
+    with pytest.raises(SystemExit) as refused:
+        fs.main(["--sweep", "--quick"])  # --out defaults to the shipped cache
+    assert refused.value.code == 2 and "--quick would overwrite the cached sweep" in capsys.readouterr().err
+    import subprocess
+    import sys
+    shown = subprocess.run([sys.executable, "-m", "course_utils.finetuning", "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0 and "--sweep" in shown.stdout and "--merge" in shown.stdout
+
+
 def test_quick_sweep_writes_every_method_and_removing_lora_restores_the_base(tmp_path):
-    cfg = ft.SweepConfig(steps=2, n_train=16, n_eval=2, n_stories=3, batch_size=4, ranks={"c_attn": (1,)},
+    cfg = fs.SweepConfig(steps=2, n_train=16, n_eval=2, n_stories=3, batch_size=4, ranks={"c_attn": (1,)},
                          n_virtual_tokens=2, more_virtual_tokens=3)
-    parts = [ft.run_sweep(cfg, tmp_path / f"part{i}.json", part=(i, 2), log=False) for i in range(2)]
-    merged = ft.merge_sweeps([tmp_path / "part0.json", tmp_path / "part1.json"], tmp_path / "sweep.json")
+    parts = [fs.run_sweep(cfg, tmp_path / f"part{i}.json", part=(i, 2), log=False) for i in range(2)]
+    merged = fs.merge_sweeps([tmp_path / "part0.json", tmp_path / "part1.json"], tmp_path / "sweep.json")
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved == json.loads(json.dumps(merged))
     assert saved["settings"]["steps"] == 2 and saved["settings"]["eval_seed"] == world.HELD_OUT_SEED
@@ -202,18 +214,18 @@ def test_quick_sweep_writes_every_method_and_removing_lora_restores_the_base(tmp
     full = saved["runs"][0]
     assert full["trainable_params"] == full["total_params"] and full["cpu_seconds"] > 0
     assert full["optimizer_bytes"] == 2 * 4 * full["trainable_params"]
-    assert "| full fine-tuning |" in ft.sweep_table(saved)
+    assert "| full fine-tuning |" in fs.sweep_table(saved)
 
 
 def test_cached_sweep_is_complete_and_consistent():
-    if not ft.SWEEP_PATH.is_file():
+    if not fs.SWEEP_PATH.is_file():
         pytest.skip("no cached sweep yet: python -m course_utils.finetuning --sweep")
-    sweep = ft.load_sweep()
+    sweep = fs.load_sweep()
     s = sweep["settings"]
     assert s["steps"] >= 100 and s["n_eval"] >= 30 and s["eval_seed"] == world.HELD_OUT_SEED
     assert sweep["sweep_seconds"] > 0
-    assert [r["name"] for r in sweep["runs"]] == [m["name"] for m in ft._methods(ft.SweepConfig(
-        **{k: v for k, v in s.items() if k in ft.SweepConfig.__dataclass_fields__}))]
+    assert [r["name"] for r in sweep["runs"]] == [m["name"] for m in fs.methods(fs.SweepConfig(
+        **{k: v for k, v in s.items() if k in fs.SweepConfig.__dataclass_fields__}))]
     layers = {"c_attn": 4 * (128 + 384), "all-linear": 4 * ((128 + 384) + (128 + 128) + (128 + 512) + (512 + 128))}
     for run in sweep["runs"]:
         for key in ("rougeL", "cpu_seconds", "seconds", "trainable_params", "story_ppl_after"):
@@ -271,9 +283,9 @@ def test_widget_uses_the_learners_functions_and_shows_their_errors(base):
 
 def test_load_sweep_says_how_to_make_a_missing_cache(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m course_utils.finetuning --sweep"):
-        ft.load_sweep(tmp_path / "nothing.json")
+        fs.load_sweep(tmp_path / "nothing.json")
     (tmp_path / "s.json").write_text(json.dumps(_FAKE_SWEEP))
-    assert ft.load_sweep(tmp_path / "s.json") == _FAKE_SWEEP
+    assert fs.load_sweep(tmp_path / "s.json") == _FAKE_SWEEP
 
 
 def test_sweep_table_has_one_row_per_selected_run_with_its_figures():
@@ -283,12 +295,12 @@ def test_sweep_table_has_one_row_per_selected_run_with_its_figures():
                       dict(name="LoRA c_attn r=4", peft_class="reparameterization", trainable_params=8192,
                            share=8192 / 981888, cpu_seconds=50.2, rougeL=0.456, story_ppl_after=2.5,
                            story_ppl_adapter_removed=1.39)]}
-    lines = ft.sweep_table(sweep).splitlines()
+    lines = fs.sweep_table(sweep).splitlines()
     assert len(lines) == 5 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
     assert lines[2].startswith("| tiny-base, no tuning |") and "| 0.02 | 1.39 |" in lines[2]
     assert lines[3] == "| full fine-tuning | none | 981,888 | 100 % | 61 | 0.79 | 1.41 | - |"
     assert "| 8,192 | 0.83 % | 50 | 0.46 | 2.50 | 1.39 |" in lines[4]
-    only = ft.sweep_table(sweep, ["LoRA c_attn r=4"]).splitlines()
+    only = fs.sweep_table(sweep, ["LoRA c_attn r=4"]).splitlines()
     assert len(only) == 4 and only[-1].startswith("| LoRA c_attn r=4 |")
 
 
@@ -320,9 +332,9 @@ def test_lora_layers_match_the_names_peft_would_wrap(base):
 def test_widget_on_the_cached_sweep_redraws_fast(base):
     from course_utils.widgets.finetuning import lora_rank_explorer, measured_quality
 
-    if not ft.SWEEP_PATH.is_file():
+    if not fs.SWEEP_PATH.is_file():
         pytest.skip("no cached sweep yet: python -m course_utils.finetuning --sweep")
-    sweep = ft.load_sweep()
+    sweep = fs.load_sweep()
     w = lora_rank_explorer(base[0], sweep)
     for target in ft.TARGETS:
         w.target.value = target

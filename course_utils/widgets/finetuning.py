@@ -21,7 +21,8 @@ from typing import Any, Callable
 import ipywidgets as widgets
 from torch import nn
 
-from course_utils.finetuning import TARGETS, linear_shape, load_sweep
+from course_utils.finetuning import TARGETS, linear_shape
+from course_utils.finetuning_sweep import load_sweep
 from course_utils.widgets.common import Redrawer, error_output
 
 _COLORS = {"c_attn": "#1f77b4", "attention": "#2ca02c", "all-linear": "#d62728"}
