@@ -103,3 +103,34 @@ def test_release_leaks_no_solution_and_no_hidden_test(release: Path):
     assert not leaks, f"{release.relative_to(ROOT)} leaks solution or hidden-test lines: {leaks[:5]}"
     for cell in student.cells:
         assert not cell.get("outputs"), f"{release.relative_to(ROOT)} ships cell outputs"
+
+
+EXERCISE_HEADING = re.compile(r"^### ✏️ Exercise (\d+) — .+ \((\d+) points?\)$", re.M)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.parent.name for p in SOURCES])
+def test_exercise_headings_are_numbered_in_order_and_state_the_points_their_tests_carry(source: Path):
+    """House style: '### ✏️ Exercise N — title (P points)'; P is what the graded cells up to the next exercise
+    or section heading are worth, so a learner reads the same points the gradebook will show."""
+    stated: list[tuple[int, int]] = []  # (number, points in the heading)
+    carried: list[int] = []  # points of the graded cells under each heading
+    in_exercise = False
+    for cell in nbformat.read(source, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            loose = re.findall(r"^#+ .*Exercise \d+.*$", cell.source, re.M)
+            found = EXERCISE_HEADING.findall(cell.source)
+            assert len(found) == len(loose), f"{source.name}: heading not in the house form: {loose}"
+            if found:
+                stated.append((int(found[-1][0]), int(found[-1][1])))
+                carried.append(0)
+                in_exercise = True
+            elif re.search(r"^## ", cell.source, re.M):
+                in_exercise = False
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and in_exercise:
+            carried[-1] += int(meta.get("points", 0))
+    graded_total = sum(int(c.metadata.get("nbgrader", {}).get("points", 0)) for c in
+                       nbformat.read(source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("grade"))
+    assert [n for n, _ in stated] == list(range(1, len(stated) + 1)), f"{source.name}: exercises out of order"
+    assert [p for _, p in stated] == carried, f"{source.name}: headings state {stated}, graded cells carry {carried}"
+    assert sum(carried) == graded_total, f"{source.name}: graded cells outside any exercise section"
