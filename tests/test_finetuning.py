@@ -1,10 +1,12 @@
-"""Tests of course_utils.finetuning (data, training loop, evaluation, sweep) and the LoRA-rank widget."""
+"""Tests of course_utils.finetuning (data, training loop, evaluation), finetuning_sweep and the LoRA-rank widget."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -186,8 +188,6 @@ def test_sweep_command_refuses_to_overwrite_the_cache_in_quick_mode_and_old_entr
     with pytest.raises(SystemExit) as refused:
         fs.main(["--sweep", "--quick"])  # --out defaults to the shipped cache
     assert refused.value.code == 2 and "--quick would overwrite the cached sweep" in capsys.readouterr().err
-    import subprocess
-    import sys
     shown = subprocess.run([sys.executable, "-m", "course_utils.finetuning", "--help"], capture_output=True,
                            text=True, timeout=120)
     assert shown.returncode == 0 and "--sweep" in shown.stdout and "--merge" in shown.stdout
