@@ -22,6 +22,7 @@ that works on this machine):
     no isolation at all (the kernel runs as the grader in a scratch folder). Grades say so.
 
 Limits in every mode: address space, largest file, number of processes, CPU seconds; no core dumps.
+:func:`processes` lists a sandbox's processes (for CPU-time accounting and to end strays between cells).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Limits:
 
     memory_mb: int = 8192   # address space; torch alone maps ~1.3 GB of it
     file_mb: int = 256      # largest file the kernel may write
-    nproc: int = 256        # processes of the sandbox uid
+    nproc: int = 64         # processes of the sandbox uid
     cpu_s: int = 1800       # CPU seconds of the kernel process
     tmp_mb: int = 512       # size of the private /tmp (bwrap modes)
 
@@ -61,7 +62,7 @@ class Limits:
 
 def course_package_dir() -> Path:
     """The folder of the installed ``course_utils`` package (notebooks import it and load its assets)."""
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 def readonly_binds() -> list[Path]:
@@ -118,13 +119,16 @@ def bwrap_prefix(scratch: Path, workdir: Path, *, userns: bool, limits: Limits) 
 
 
 def kernel_argv(mode: str, scratch: Path, workdir: Path, limits: Limits = Limits(),
-                python: str | None = None) -> list[str]:
-    """The full command that starts an ipykernel in ``mode``; ``{connection_file}`` is filled by jupyter_client."""
+                python: str | None = None, uid: int | None = None) -> list[str]:
+    """The full command that starts an ipykernel in ``mode``; ``{connection_file}`` is filled by jupyter_client.
+
+    ``uid`` is the unused uid the kernel drops to in the root modes (default: a fresh one).
+    """
     if mode not in MODES:
         raise ValueError(f"unknown sandbox mode {mode!r}; use one of {', '.join(MODES)} or 'auto'")
     python = python or sys.executable
     kernel = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    uid = sandbox_uid()
+    uid = uid if uid is not None else sandbox_uid()
     drop = ["--uid", str(uid), "--gid", str(uid), "--own", str(scratch)] if mode in ("bwrap", "setpriv") else []
     launch = [python, "-I", str(_LAUNCHER), *drop, *limits.launcher_args(), "--", *kernel]
     if mode in ISOLATING_MODES:
@@ -256,3 +260,59 @@ def describe(mode: str) -> str:
                    "reachable",
         "none": "NOT ISOLATED: the kernel runs as the grader (install bubblewrap, see the README)",
     }[mode]
+
+
+# ------------------------------------------------------------------------------------------- process accounting
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process of a sandbox, as /proc shows it."""
+
+    pid: int
+    ppid: int
+    session: int
+    uid: int
+    cpu_seconds: float      # user + system time, its own and its reaped children's
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _read_process(pid: int) -> Process | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()   # after "pid (comm) ": state ppid pgrp session ...
+    try:
+        ppid, session = int(fields[1]), int(fields[3])
+        utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    except (IndexError, ValueError):
+        return None
+    return Process(pid, ppid, session, uid, (utime + stime + cutime + cstime) / _TICKS)
+
+
+def processes(root_pid: int | None, uid: int | None = None) -> list[Process]:
+    """The sandbox's processes: ``root_pid`` and its descendants, plus (in the root modes, where ``uid`` is the
+    sandbox's own) every process of that uid, wherever it was re-parented."""
+    table = [p for p in (_read_process(int(name)) for name in os.listdir("/proc") if name.isdigit()) if p]
+    children: dict[int, list[Process]] = {}
+    for proc in table:
+        children.setdefault(proc.ppid, []).append(proc)
+    found: dict[int, Process] = {}
+    stack = [p for p in table if p.pid == root_pid]
+    while stack:
+        proc = stack.pop()
+        if proc.pid not in found:
+            found[proc.pid] = proc
+            stack.extend(children.get(proc.pid, []))
+    if uid is not None and uid >= FIRST_UID:
+        found.update({p.pid: p for p in table if p.uid == uid})
+    return list(found.values())
+
+
+def cpu_seconds(procs: list[Process]) -> float:
+    return sum(p.cpu_seconds for p in procs)

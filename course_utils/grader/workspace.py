@@ -30,7 +30,7 @@ from pathlib import Path
 from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 
-from course_utils import submissions
+from course_utils.grader import submissions
 
 COURSE_ID = "llm-foundations"
 GRADER_MODULES = ("grading.py", "autograde.py", "executor.py", "integrity.py", "probe.py", "codescan.py",

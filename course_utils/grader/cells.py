@@ -1,0 +1,355 @@
+"""The cell vocabulary of the course's notebooks, and what the judge must run for each test.
+
+One place says what a cell *is*:
+
+* a **test cell** is graded code: nbgrader ``grade: true`` and not a solution (its points are all-or-nothing);
+* a **solution cell** is where the student answers (``solution: true``);
+* a **locked cell** is the instructor's read-only code or text (``locked: true``, not a test);
+* the **hidden tests** of a test cell sit between :data:`HIDDEN_BEGIN` and :data:`HIDDEN_END`.
+
+While grading, test cells run in the judge, never in the student's kernel. :func:`plan` reads the *source*
+notebook (the instructor's, trusted) and says, for each test cell, which names are **exercise names** (their
+last binding before the test is in a solution cell: they come from the kernel, through the oracle) and which
+locked cells the judge must run itself first (those that bind or change the other names the test reads,
+transitively). The analysis is static (``symtable`` over the cell after IPython's own input transformation):
+it follows names, not values, which is why a locked cell that changes an object the tests use must do so at the
+top level (``model.eval()``, ``freeze(model)``, ``model.config.x = 1``), where it is seen.
+"""
+
+from __future__ import annotations
+
+import ast
+import symtable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable
+
+HIDDEN_BEGIN, HIDDEN_END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
+SOLUTION_BEGIN, SOLUTION_END = "BEGIN SOLUTION", "END SOLUTION"
+
+
+def nbgrader_meta(cell: Any) -> dict:
+    meta = cell.get("metadata", {}).get("nbgrader", {}) if hasattr(cell, "get") else {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_test_cell(cell: Any) -> bool:
+    """A graded, autograded cell: code, ``grade: true`` and not a (manually graded) solution."""
+    meta = nbgrader_meta(cell)
+    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+def is_solution_cell(cell: Any) -> bool:
+    return bool(nbgrader_meta(cell).get("solution"))
+
+
+def is_locked_code(cell: Any) -> bool:
+    """The instructor's read-only code (not a test)."""
+    meta = nbgrader_meta(cell)
+    return cell.get("cell_type") == "code" and bool(meta.get("locked")) and not meta.get("grade") \
+        and not meta.get("solution")
+
+
+def grade_id(cell: Any) -> str | None:
+    value = nbgrader_meta(cell).get("grade_id")
+    return value if isinstance(value, str) else None
+
+
+def points(cell: Any) -> float:
+    try:
+        return float(nbgrader_meta(cell).get("points", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def source_of(cell: Any) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def without_hidden_tests(source: str, placeholder: str | None = "# (hidden tests: not shown)") -> str:
+    """``source`` with every hidden-test block replaced by ``placeholder`` (or removed)."""
+    kept, hidden = [], False
+    for line in source.split("\n"):
+        if HIDDEN_BEGIN in line:
+            hidden = True
+            if placeholder is not None:
+                kept.append(line[: len(line) - len(line.lstrip())] + placeholder)
+        elif HIDDEN_END in line:
+            hidden = False
+        elif not hidden:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+# ------------------------------------------------------------------------------------------ static analysis
+
+
+@lru_cache(maxsize=4096)
+def python_source(source: str) -> str:
+    """A cell as plain Python: IPython's magics and shell escapes turned into calls, as IPython itself does."""
+    from IPython.core.inputtransformer2 import TransformerManager  # noqa: PLC0415
+
+    return TransformerManager().transform_cell(source)
+
+
+@dataclass(frozen=True)
+class Names:
+    """What one cell does with module-level (global) names."""
+
+    binds: frozenset[str]
+    reads: frozenset[str]
+    changes: frozenset[str]   # names whose objects a top-level statement may change in place
+    imports: frozenset[str] = frozenset()   # names bound by import statements (modules, library functions)
+
+
+@lru_cache(maxsize=4096)
+def analyse(source: str) -> Names:
+    """The global names ``source`` binds, reads before binding them, and (at top level) may change in place.
+
+    A name the cell binds before it reads it (``q = ...; f(q)``, a ``for`` loop's variable) is the cell's own
+    and not read from outside; the order is followed statement by statement, into ``for``/``if``/``with``/
+    ``try`` blocks. Modules the cell imports are never counted as changed.
+    """
+    code = python_source(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return Names(frozenset(), frozenset(), frozenset())
+    binds: set[str] = set()
+    reads: set[str] = set()
+    _block(tree.body, binds, reads)
+    imported = {(a.asname or a.name).split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+    return Names(frozenset(binds), frozenset(reads), frozenset(_changed(tree) - imported), frozenset(imported))
+
+
+def _block(statements: list[ast.stmt], bound: set[str], reads: set[str]) -> None:
+    """Walk statements in order: ``reads`` gets each name read before ``bound`` has it."""
+    def expr(node: ast.AST | None) -> None:
+        if node is not None:
+            _, names = _statement_names(ast.unparse(ast.Expr(node)))
+            reads.update(names - bound)
+
+    for stmt in statements:
+        if isinstance(stmt, (ast.For, ast.AsyncFor)):
+            expr(stmt.iter)
+            bound.update(_statement_names(ast.unparse(ast.Assign([stmt.target], ast.Constant(0), lineno=0)))[0])
+            _block(stmt.body, bound, reads)
+            _block(stmt.orelse, bound, reads)
+        elif isinstance(stmt, (ast.While, ast.If)):
+            expr(stmt.test)
+            _block(stmt.body, bound, reads)
+            _block(stmt.orelse, bound, reads)
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                expr(item.context_expr)
+                if item.optional_vars is not None:
+                    target = ast.Assign([item.optional_vars], ast.Constant(0), lineno=0)
+                    bound.update(_statement_names(ast.unparse(target))[0])
+            _block(stmt.body, bound, reads)
+        elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            _block(stmt.body, bound, reads)
+            for handler in stmt.handlers:
+                expr(handler.type)
+                if handler.name:
+                    bound.add(handler.name)
+                _block(handler.body, bound, reads)
+            _block(stmt.orelse, bound, reads)
+            _block(stmt.finalbody, bound, reads)
+        else:
+            stmt_binds, stmt_reads = _statement_names(ast.unparse(stmt))
+            reads.update(stmt_reads - bound)
+            bound.update(stmt_binds)
+
+
+@lru_cache(maxsize=16384)
+def _statement_names(code: str) -> tuple[frozenset[str], frozenset[str]]:
+    try:
+        table = symtable.symtable(code, "<cell>", "exec")
+    except SyntaxError:
+        return frozenset(), frozenset()
+    binds: set[str] = set()
+    reads: set[str] = set()
+    for sym in table.get_symbols():
+        if sym.is_assigned() or sym.is_imported() or sym.is_namespace():
+            binds.add(sym.get_name())
+        if sym.is_referenced():
+            reads.add(sym.get_name())
+    _nested(table, binds, reads)
+    return frozenset(binds), frozenset(reads)
+
+
+def _nested(table: symtable.SymbolTable, binds: set[str], reads: set[str]) -> None:
+    for child in table.get_children():
+        for sym in child.get_symbols():
+            if sym.is_global() or (child.get_type() == "class" and sym.is_referenced() and not sym.is_local()):
+                if sym.is_referenced():
+                    reads.add(sym.get_name())
+                if sym.is_global() and sym.is_assigned() and sym.is_declared_global():
+                    binds.add(sym.get_name())
+            elif sym.is_free():
+                pass  # a closure variable of an enclosing function, not a global
+        _nested(child, binds, reads)
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+# Calls that do not change their arguments, and methods that do not change their object: a cell that only
+# shows or measures an object does not have to run in the judge for the object to be right there.
+_PURE_CALLS = {"print", "display", "len", "repr", "str", "format", "isinstance", "issubclass", "type", "sorted",
+               "list", "tuple", "dict", "set", "frozenset", "sum", "min", "max", "abs", "round", "float", "int",
+               "bool", "enumerate", "zip", "range", "any", "all", "show", "Markdown", "HTML", "id", "hash", "iter",
+               "map", "filter", "reversed", "getattr", "hasattr", "vars", "dir"}
+_PURE_METHODS = {"decode", "encode", "batch_decode", "convert_ids_to_tokens", "tokenize", "generate", "forward",
+                 "parameters", "named_parameters", "modules", "named_modules", "children", "named_children",
+                 "buffers", "named_buffers", "state_dict", "num_parameters", "get_submodule", "get_parameter",
+                 "items", "keys", "values", "get", "copy", "clone", "detach", "numpy", "tolist", "item", "size",
+                 "dim", "numel", "sum", "mean", "std", "max", "min", "argmax", "argmin", "topk", "softmax",
+                 "log_softmax", "float", "double", "long", "int", "bool", "to_dict", "count", "index",
+                 "startswith", "endswith", "split", "join", "strip", "format", "replace", "lower", "upper",
+                 "splitlines", "element_size", "nelement", "isfinite", "abs", "exp", "log", "allclose", "equal",
+                 "view", "reshape", "transpose", "permute", "flatten", "squeeze", "unsqueeze", "shape"}
+
+
+def _changed(tree: ast.Module) -> set[str]:
+    """Names a top-level statement may change in place: method calls on them, calls taking them, item/attribute
+    assignments into them, augmented assignments, ``del x[...]`` (calls and methods known not to change
+    anything, such as ``print`` or ``.decode``, excepted)."""
+    out: set[str] = set()
+    for stmt in tree.body:
+        targets: list[ast.AST] = []
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for target in targets:
+                if isinstance(target, (ast.Attribute, ast.Subscript)) or isinstance(stmt, ast.AugAssign):
+                    name = _root_name(target)
+                    if name:
+                        out.add(name)
+        elif isinstance(stmt, ast.Delete):
+            out.update(n for n in (_root_name(t) for t in stmt.targets if not isinstance(t, ast.Name)) if n)
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr not in _PURE_METHODS:
+                    name = _root_name(func.value)
+                    if name:
+                        out.add(name)
+                called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) \
+                    else None
+                if called in _PURE_CALLS or called in _PURE_METHODS:
+                    continue
+                for arg in [*node.args, *(k.value for k in node.keywords)]:
+                    name = _root_name(arg) if isinstance(arg, (ast.Name, ast.Attribute, ast.Subscript)) else None
+                    if name:
+                        out.add(name)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                break  # calls inside definitions do not run now
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class TestPlan:
+    """What the judge needs for one test cell of the source notebook."""
+
+    grade_id: str
+    index: int                                  # position in the source notebook
+    source: str                                 # the instructor's test code, hidden tests included
+    points: float
+    exercise_names: list[str] = field(default_factory=list)     # read through the oracle
+    locked_cells: list[int] = field(default_factory=list)       # source positions the judge runs first
+
+
+@dataclass
+class Plan:
+    """The judge's plan for one assignment notebook: its tests, the locked cells it runs, in source order."""
+
+    cells: list[dict]                           # the source notebook's cells (cell_type, source, metadata)
+    tests: list[TestPlan]
+    judge_cells: list[int]                      # every locked cell the judge runs, source positions, in order
+    cell_exercise_names: dict[int, list[str]] = field(default_factory=dict)   # judge cell -> names it reads
+
+    def test(self, grade_id_: str) -> TestPlan | None:
+        return next((t for t in self.tests if t.grade_id == grade_id_), None)
+
+    @property
+    def exercise_names(self) -> list[str]:
+        return sorted({n for t in self.tests for n in t.exercise_names})
+
+    def locked_id(self, index: int) -> str | None:
+        return grade_id(self.cells[index])
+
+
+def plan(cells: Iterable[Any]) -> Plan:
+    """The judge's plan for a source notebook's cells (see the module docstring)."""
+    cells = [dict(cell_type=c.get("cell_type"), source=source_of(c), metadata=dict(c.get("metadata", {})))
+             for c in cells]
+    binder: dict[str, list[tuple[int, str]]] = {}      # name -> [(position, kind)] in order
+    analyses: dict[int, Names] = {}
+    for index, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        kind = "test" if is_test_cell(cell) else "solution" if is_solution_cell(cell) else \
+            "locked" if is_locked_code(cell) else None
+        if kind is None:
+            continue
+        names = analyses[index] = analyse(cell["source"])
+        for name in names.binds:
+            binder.setdefault(name, []).append((index, kind))
+
+    def last_binder(name: str, before: int) -> tuple[int, str] | None:
+        found = [b for b in binder.get(name, []) if b[0] < before]
+        return found[-1] if found else None
+
+    imported = {n for names in analyses.values() for n in names.imports}
+
+    def changers(name: str, after: int, before: int) -> list[int]:
+        if name in imported:
+            return []   # a module: calling its functions does not make a cell part of the tests' state
+        return [i for i, names in analyses.items() if after < i < before and is_locked_code(cells[i])
+                and name in names.changes]
+
+    tests: list[TestPlan] = []
+    judge_cells: set[int] = set()
+    cell_names: dict[int, set[str]] = {}
+    for index, cell in enumerate(cells):
+        if cell["cell_type"] != "code" or not is_test_cell(cell):
+            continue
+        test = TestPlan(grade_id(cell) or f"#{index}", index, cell["source"], points(cell))
+        needed: set[int] = set()
+        exercise: set[str] = set()
+        todo = [(name, index) for name in analyses[index].reads]
+        seen: set[tuple[str, int]] = set()
+        while todo:
+            name, before = todo.pop()
+            if (name, before) in seen:
+                continue
+            seen.add((name, before))
+            found = last_binder(name, before)
+            if found is None:
+                continue
+            position, kind = found
+            if kind == "solution":
+                if before == index:
+                    exercise.add(name)
+                else:
+                    cell_names.setdefault(before, set()).add(name)
+                continue
+            if kind == "test":
+                continue  # the judge ran that test cell itself, earlier
+            for cell_index in [position, *changers(name, position, before)]:
+                if cell_index not in needed:
+                    needed.add(cell_index)
+                    todo.extend((n, cell_index) for n in analyses[cell_index].reads)
+        test.exercise_names = sorted(exercise)
+        test.locked_cells = sorted(needed)
+        judge_cells |= needed
+        tests.append(test)
+    return Plan(cells, tests, sorted(judge_cells), {i: sorted(n) for i, n in cell_names.items()})
