@@ -7,7 +7,8 @@ written there by hand.
 
 Results are coerced to plain types before comparing (a tensor becomes a float64 tensor copied out of the
 learner's object, anything else must be a plain Python value), so an object whose ``__eq__`` always says
-True cannot pass a check.
+True cannot pass a check. While grading, the checks run in the trusted judge and the learner's objects are
+proxies (:mod:`course_utils.grader.proxy`); every check first fetches such an object's value as data.
 
     >>> import torch
     >>> from course_utils.checks import expect_close
@@ -24,6 +25,12 @@ _PLAIN_SCALARS = (bool, int, float, str, type(None))
 
 class CheckFailure(AssertionError):
     """A check that failed, with a message written for the learner."""
+
+
+def _data(value: Any) -> Any:
+    """The plain data behind the grader's proxy for a learner's object (anything else unchanged)."""
+    fetch = getattr(type(value), "__course_value__", None)
+    return fetch(value) if fetch is not None else value
 
 
 def _fmt(value: Any, limit: int = 300) -> str:
@@ -61,6 +68,7 @@ def plain(value: Any, *, what: str = "the result") -> Any:
         import torch
     except ImportError:  # pragma: no cover
         np = torch = None  # type: ignore[assignment]
+    value = _data(value)
     if type(value) in _PLAIN_SCALARS:
         return value
     if torch is not None and isinstance(value, torch.Tensor):
@@ -80,6 +88,7 @@ def as_tensor(value: Any, *, what: str = "the result"):
     """A float64 copy of ``value`` (a tensor, array, number or nested list), or a CheckFailure."""
     import torch
 
+    value = _data(value)
     if isinstance(value, torch.Tensor):
         if type(value) is not torch.Tensor and not isinstance(value, torch.nn.Parameter):
             fail(f"{what} must be a plain torch.Tensor", got=f"a {type(value).__name__}", show=("got",))
@@ -103,6 +112,7 @@ def expect_shape(value: Any, shape: Sequence[int], *, what: str, inputs: Any = N
     """``value`` is a tensor of exactly ``shape``."""
     import torch
 
+    value = _data(value)
     expect_type(value, torch.Tensor, what=what)
     if tuple(value.shape) != tuple(shape):
         fail(f"{what} has the wrong shape", inputs=inputs, expected=tuple(shape), got=tuple(value.shape),

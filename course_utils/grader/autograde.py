@@ -1,26 +1,39 @@
-"""Autograding a folder of submissions: import, grade each in the sandbox, record what happened.
+"""Autograding a folder of submissions: the coordinator.
 
-One :class:`Record` per student and assignment (``<workspace>/records/<student>/<assignment>.json``) says how it
-went: status, score, flags for review, notes, sandbox mode, seconds. One failure never stops the others.
+For each student and assignment it imports the submission (:mod:`course_utils.grader.submissions`), and when
+anything that can change the grade changed (the files, the assignment's source, the settings, the grader version:
+:func:`grading_key`) it grades it in three stages (:mod:`course_utils.grader.pipeline`):
+
+1. here: nbgrader's sanitize stage (the gradebook's submission row, test cells restored from the source);
+2. on the workers (:mod:`course_utils.grader.workers`, or a Dask cluster): the sandboxed kernel runs and the judge
+   decides each test; the job carries everything as data, so a worker needs no shared file system;
+3. here again: outputs made inert, scores saved, the judge's verdicts written as the gradebook's automatic scores,
+   late penalties. Only this process writes the gradebook, the records and the reports.
+
+One :class:`Record` per student and assignment (``records/<student>/<assignment>.json``) says how it went:
+status, score, flags for review, notes, sandbox mode, worker, seconds. Nothing about one submission (a broken
+file, a path too long, a worker that died) stops the others: it becomes that submission's row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 from traitlets.config import Config
 
-from course_utils import integrity, sandbox, submissions
-from course_utils.grading import (GRADER_MODULES, COURSE_ID, LogCapture, Workspace, assignments, coursedir_for,
-                                  ensure_gradebook, nbgrader_config, register, tree_hash)
+from course_utils.grader import executor, judge, pipeline, sandbox, submissions, version
+from course_utils.grader.integrity import METADATA_KEY, Findings
+from course_utils.grader.workspace import (COURSE_ID, LogCapture, Workspace, assignments, coursedir_for,
+                                           ensure_gradebook, nbgrader_config, register, tree_hash)
+
+Log = Callable[[str], Any]
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Record:
     review: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sandbox: str = ""
+    worker: str = ""
     seconds: float = 0.0
     graded_at: str = ""
     key: str = ""
@@ -49,7 +63,9 @@ class Record:
         self.flagged = bool(self.review)
         path = self.path(ws)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "Record | None":
@@ -60,142 +76,245 @@ class Record:
             return None
 
 
-def grading_key(ws: Workspace, assignment: str, files: dict[str, str], config: Config) -> str:
+def grading_key(ws: Workspace, assignment: str, files: dict[str, str], settings: judge.Settings) -> str:
     """Changes when the submission, the assignment's source, the execution settings or the grader change."""
-    here = Path(__file__).parent
-    code = {name: submissions.sha256(here / name) for name in GRADER_MODULES if (here / name).is_file()}
-    settings = {k: repr(v) for k, v in sorted(config.SandboxedExecute.items())}
-    blob = {"files": files, "source": tree_hash(ws.source / assignment), "code": code, "settings": settings}
+    blob = {"files": files, "source": tree_hash(ws.source / assignment), "grader": version.grader_version(),
+            "settings": asdict(settings)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def settings_from(config: Config) -> judge.Settings:
+    return executor.JudgeExecute(config=config).settings()
+
+
+@dataclass
+class _Pending:
+    """A submission between the stages: its record so far, its notebooks' jobs, their results."""
+
+    record: Record
+    imported: submissions.Imported
+    key: str
+    started: float
+    unusable: list[str]
+    jobs: dict[str, judge.Job] = field(default_factory=dict)
+    results: dict[str, judge.Result] = field(default_factory=dict)
 
 
 def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, force: bool = False,
               only_students: list[str] | None = None, only_assignments: list[str] | None = None,
-              jobs: int = 1, log=print) -> list[Record]:  # noqa: ANN001 - any print-like callable
-    """Import every submission under ``source`` and grade the new or changed ones, ``jobs`` at a time.
-
-    One failure never stops the rest: it becomes a record with status "error" (scored 0, flagged).
-    """
+              jobs: int = 1, workers: Any = None, log: Log = print) -> list[Record]:
+    """Import every submission under ``source`` and grade the new or changed ones on ``workers`` (default:
+    ``jobs`` local worker processes). Returns one record per submission found."""
     ws.create()
     ensure_gradebook(ws.gradebook)
     config = nbgrader_config(ws, overrides)
-    mode = sandbox.detect_mode(config.SandboxedExecute.get("sandbox", "auto"))
-    config.SandboxedExecute.sandbox = mode  # workers use what was detected here
-    log(f"sandbox: {mode} ({sandbox.describe(mode)})")
+    settings = settings_from(config)
+    settings.sandbox = sandbox.detect_mode(settings.sandbox)
+    log(f"sandbox: {settings.sandbox} ({sandbox.describe(settings.sandbox)})")
     found, warnings = submissions.discover(Path(source), set(assignments(ws.root)))
     for warning in warnings:
         log(f"warning: {warning}")
     found = [f for f in found if (not only_students or f[0] in only_students)
              and (not only_assignments or f[1] in only_assignments)]
-    records: list[Record] = []
     for name in sorted({a for _, a, _ in found}):
         register(ws, name)
-    pending: list[tuple[str, str, submissions.Imported, str]] = []
+    records: list[Record] = []
+    pending: list[_Pending] = []
     for student, name, folder in found:
-        imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
-        if imported.archived:
-            log(f"{student}/{name}: changed since the last import; the previous copy is kept in {imported.archived}")
-        key = grading_key(ws, name, imported.manifest, config)
-        previous = Record.load(Record(student, name).path(ws))
-        if not force and previous and previous.key == key and previous.status in ("graded", "zero"):
-            previous.status = "unchanged"
-            records.append(previous)
-            log(f"{student}/{name}: unchanged since it was graded ({_fmt(previous.score)}/{_fmt(previous.max_score)})")
+        try:
+            item = _prepare(ws, config, settings, student, name, folder, force, log)
+        except Exception as err:  # noqa: BLE001 - this submission's row, never the end of the run
+            record = Record(student, name, status="error", sandbox=settings.sandbox,
+                            graded_at=_now(), review=[f"could not be imported or prepared ({type(err).__name__}: "
+                                                      f"{str(err)[:300]}): fix it, then re-run autograde"])
+            _save_quietly(ws, record, log)
+            records.append(record)
+            _log_record(record, log)
             continue
-        pending.append((student, name, imported, key))
-
-    def finish(record: Record, imported: submissions.Imported, key: str) -> None:
-        record.key, record.files = key, imported.manifest
-        record.save(ws)
-        records.append(record)
-        flag = f"  FLAGGED: {' | '.join(record.review)[:300]}" if record.review else ""
-        log(f"{record.student}/{record.assignment}: {record.status} {_fmt(record.score)}/{_fmt(record.max_score)} "
-            f"in {record.seconds:.1f} s{flag}")
-
-    if jobs > 1 and len(pending) > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(grade_submission, ws, s, n, config, imp.left_out): (s, n, imp, key)
-                       for s, n, imp, key in pending}
-            for future in as_completed(futures):
-                student, name, imported, key = futures[future]
-                try:
-                    record = future.result()
-                except Exception as err:  # noqa: BLE001 - a worker that died: record it, go on
-                    record = Record(student, name, status="error", sandbox=mode,
-                                    review=[f"grading failed ({type(err).__name__}: {err}): re-run autograde"])
-                finish(record, imported, key)
-    else:
-        for student, name, imported, key in pending:
-            finish(grade_submission(ws, student, name, config, imported.left_out), imported, key)
+        if isinstance(item, Record):
+            records.append(item)
+        elif not item.jobs:
+            records.append(_finalize(ws, config, item, log))
+        else:
+            pending.append(item)
+    if pending:
+        owned = workers is None
+        workers = workers or _local_workers(jobs)
+        log(f"grading {sum(len(p.jobs) for p in pending)} notebook(s) of {len(pending)} submission(s) on "
+            f"{getattr(workers, 'description', 'the workers')}")
+        try:
+            records += _run(ws, config, pending, workers, log)
+        except KeyboardInterrupt:
+            if owned:
+                workers.shutdown(cancel=True)
+            raise
+        else:
+            if owned:
+                workers.shutdown()
     return sorted(records, key=lambda r: (r.student, r.assignment))
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+def _local_workers(jobs: int) -> Any:
+    from course_utils.grader.workers import LocalWorkers  # noqa: PLC0415
+
+    return LocalWorkers(max(1, jobs))
 
 
-def grade_submission(ws: Workspace, student: str, name: str, config: Config, left_out: list[str]) -> Record:
-    """Autograde one imported submission with nbgrader (in the sandbox) and collect its record."""
-    from nbgrader.api import Gradebook, MissingEntry  # noqa: PLC0415
-    from nbgrader.converters import Autograde  # noqa: PLC0415
-
-    started = time.perf_counter()
-    record = Record(student, name, graded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    record.notes += [f"not imported: {item}" for item in left_out]
-    folder = ws.submitted / student / name
+def _prepare(ws: Workspace, config: Config, settings: judge.Settings, student: str, name: str, folder: Path,
+             force: bool, log: Log) -> "Record | _Pending":
+    """Stage 1 for one submission: import, skip when unchanged, sanitize, build the jobs."""
+    imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
+    if imported.archived:
+        log(f"{student}/{name}: changed since the last import; the previous copy is kept in {imported.archived}")
+    key = grading_key(ws, name, imported.manifest, settings)
+    previous = Record.load(Record(student, name).path(ws))
+    if not force and previous and previous.key == key and previous.status in ("graded", "zero"):
+        previous.status = "unchanged"
+        log(f"{student}/{name}: unchanged since it was graded ({_fmt(previous.score)}/{_fmt(previous.max_score)})")
+        return previous
+    record = Record(student, name, graded_at=_now(), sandbox=settings.sandbox, key=key, files=imported.manifest)
+    record.notes += [f"not imported: {item}" for item in imported.left_out]
     expected = sorted(p.stem for p in (ws.release / name).glob("*.ipynb"))
     usable, unusable = [], []
     for notebook in expected:
-        problem = _notebook_problem(folder, notebook)
+        problem = _notebook_problem(ws.submitted / student / name, notebook)
         (unusable if problem else usable).append(notebook)
         if problem:
             record.review.append(problem)
-    reports = ws.integrity / student / name
-    shutil.rmtree(reports, ignore_errors=True)
-    if not usable:
-        with Gradebook(ws.db_url, COURSE_ID) as gb:
-            gb.update_or_create_student(student)
-            gb.update_or_create_submission(name, student)
+    item = _Pending(record, imported, key, time.perf_counter(), unusable)
+    for path in (ws.integrity / student / name).glob("*.json"):
+        path.unlink()
     if usable:
-        with LogCapture() as logs:
-            try:
-                for notebook in usable:
-                    coursedir = coursedir_for(config, student_id=student, assignment_id=name, notebook_id=notebook)
-                    converter = Autograde(coursedir=coursedir, config=config)
-                    converter.force = True
-                    converter.start()
-            except Exception as err:  # noqa: BLE001 - one broken submission must not stop the others
-                record.status = "error"
-                detail = " / ".join(m for m in logs.messages if m)[-400:]
-                record.review.append(f"grading failed ({type(err).__name__}: {err}); scored 0 until fixed: {detail}")
-                unusable = expected
+        _sanitize(ws, config, student, name, usable)
+        for notebook in usable:
+            import nbformat  # noqa: PLC0415
+
+            nb = nbformat.read(ws.autograded / student / name / f"{notebook}.ipynb", as_version=4)
+            info = {"student": student, "assignment": name, "notebook": notebook, "db_url": ws.db_url}
+            job = executor.build_job(nb, info, ws.source, settings)
+            item.jobs[notebook] = job
     else:
         record.status = "zero"
-    for path in integrity.report_paths(ws.integrity, student, name):
-        report = integrity.read_report(path)
-        record.review += [r for r in report.get("review", []) if r not in record.review]
-        record.notes += [n for n in report.get("notes", []) if n not in record.notes]
-        record.cells += report.get("cells", [])
-        record.sandbox = report.get("sandbox", record.sandbox)
-    record.sandbox = record.sandbox or sandbox.detect_mode(config.SandboxedExecute.get("sandbox", "auto"))
-    with Gradebook(ws.db_url, COURSE_ID) as gb:
+    return item
+
+
+def _sanitize(ws: Workspace, config: Config, student: str, name: str, notebooks: list[str]) -> None:
+    """nbgrader's sanitize stage only (the execute and finish stages run later): writes autograded/..."""
+    from nbgrader.converters import Autograde  # noqa: PLC0415
+
+    sanitize_only = Config(config)
+    sanitize_only.Autograde.autograde_preprocessors = []
+    with LogCapture() as logs:
         try:
-            submission = gb.find_submission(name, student)
-        except MissingEntry:  # nbgrader failed before it recorded the submission
-            gb.update_or_create_student(student)
-            submission = gb.update_or_create_submission(name, student)
-        for nb in submission.notebooks:
-            for grade in nb.grades:
-                if nb.name in unusable:
-                    grade.auto_score, grade.needs_manual_grade = 0.0, False
-                if record.review:
-                    grade.needs_manual_grade = True  # formgrader lists it for review
-        gb.db.commit()
-        submission = gb.find_submission(name, student)
-        record.score, record.max_score = float(submission.score), float(submission.max_score)
-    record.seconds = round(time.perf_counter() - started, 2)
-    record.flagged = bool(record.review)
+            for notebook in notebooks:
+                coursedir = coursedir_for(sanitize_only, student_id=student, assignment_id=name,
+                                          notebook_id=notebook)
+                converter = Autograde(coursedir=coursedir, config=sanitize_only)
+                converter.force = True
+                converter.start()
+        except Exception as err:
+            detail = " / ".join(m for m in logs.messages if m)[-400:]
+            raise RuntimeError(f"nbgrader could not prepare the submission ({err}): {detail}") from err
+
+
+def _run(ws: Workspace, config: Config, pending: list[_Pending], workers: Any, log: Log) -> list[Record]:
+    """Stages 2 and 3: submit every job, finish each submission as soon as all its notebooks are back."""
+    futures: dict[Future, tuple[_Pending, str]] = {}
+    for item in pending:
+        for notebook, job in item.jobs.items():
+            futures[workers.submit(job)] = (item, notebook)
+    records: list[Record] = []
+    remaining = set(futures)
+    while remaining:
+        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+        for future in done:
+            item, notebook = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - a worker that failed for good: this notebook's error
+                result = judge.Result(item.record.student, item.record.assignment, notebook, status="error",
+                                      error=f"{type(err).__name__}: {err}")
+            item.results[notebook] = result
+            if len(item.results) == len(item.jobs):
+                records.append(_finalize(ws, config, item, log))
+    return records
+
+
+def _finalize(ws: Workspace, config: Config, item: _Pending, log: Log) -> Record:
+    """Stage 3 for one submission: write each notebook's verdicts and the record (never raises)."""
+    record = item.record
+    try:
+        for notebook, result in sorted(item.results.items()):
+            _finish_notebook(ws, config, record, notebook, result)
+        _scores(ws, record, item)
+    except Exception as err:  # noqa: BLE001 - the grader's own failure is this submission's row
+        record.status = "error"
+        record.review.append(f"grading failed ({type(err).__name__}: {str(err)[:300]}): scored 0 until re-graded "
+                             "with --force")
+    record.seconds = round(time.perf_counter() - item.started, 2)
+    _save_quietly(ws, record, log)
+    _log_record(record, log)
     return record
+
+
+def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: str, result: judge.Result) -> None:
+    import nbformat  # noqa: PLC0415
+    from traitlets.utils.importstring import import_item  # noqa: PLC0415
+
+    record.worker = record.worker or result.worker
+    record.sandbox = result.sandbox or record.sandbox
+    path = ws.autograded / record.student / record.assignment / f"{notebook}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))
+    if result.status != "graded":
+        record.status = "error"
+        record.review.append(f"{notebook}: the grader failed ({result.error[:300]}); scored 0 until re-graded "
+                             "with --force")
+        findings.flag(record.review[-1])
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade"):
+                cell.outputs = [judge._error("GradingError", result.error[:500])]
+    else:
+        executor.apply_result(nb, result)
+        findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))
+    nb.metadata[METADATA_KEY] = findings.as_dict()
+    resources = {"nbgrader": {"student": record.student, "assignment": record.assignment, "notebook": notebook,
+                              "db_url": ws.db_url}}
+    for name in pipeline.FINISH:
+        nb, resources = import_item(name)(config=config).preprocess(nb, resources)
+    nbformat.write(nb, path)
+    executor.write_report(ws.integrity, result, findings)
+    record.review += [r for r in findings.review if r not in record.review]
+    record.notes += [n for n in findings.notes if n not in record.notes]
+    record.cells += [{"notebook": notebook, "grade_id": v.grade_id, "points": v.points, "passed": v.passed,
+                      **({"reason": v.reason} if v.reason else {})} for v in result.verdicts]
+
+
+def _scores(ws: Workspace, record: Record, item: _Pending) -> None:
+    """The judge's verdicts are the gradebook's automatic scores; unusable notebooks score 0."""
+    from nbgrader.api import Gradebook, MissingEntry  # noqa: PLC0415
+
+    verdicts = {(notebook, v.grade_id): v for notebook, result in item.results.items() for v in result.verdicts
+                if result.status == "graded"}
+    with Gradebook(ws.db_url, COURSE_ID) as gb:
+        gb.update_or_create_student(record.student)
+        try:
+            submission = gb.find_submission(record.assignment, record.student)
+        except MissingEntry:
+            submission = gb.update_or_create_submission(record.assignment, record.student)
+        for nb in submission.notebooks:
+            judged = item.results.get(nb.name)
+            for grade in nb.grades:
+                verdict = verdicts.get((nb.name, grade.name))     # only test cells have verdicts
+                if nb.name in item.unusable or (judged is not None and judged.status != "graded"):
+                    grade.auto_score, grade.needs_manual_grade = 0.0, False
+                elif verdict is not None:
+                    grade.auto_score = float(grade.max_score) if verdict.passed else 0.0
+                if record.review:
+                    grade.needs_manual_grade = True   # formgrader lists it for review
+        gb.db.commit()
+        submission = gb.find_submission(record.assignment, record.student)
+        record.score, record.max_score = float(submission.score), float(submission.max_score)
 
 
 def _notebook_problem(folder: Path, notebook: str) -> str | None:
@@ -213,6 +332,28 @@ def _notebook_problem(folder: Path, notebook: str) -> str | None:
     except Exception as err:  # noqa: BLE001 - any reason it is not a notebook
         return f"{notebook}.ipynb is not a valid notebook ({type(err).__name__}: {str(err)[:150]}): scored 0"
     return None
+
+
+def _save_quietly(ws: Workspace, record: Record, log: Log) -> None:
+    try:
+        record.save(ws)
+    except OSError as err:
+        log(f"{record.student}/{record.assignment}: could not save its record ({err})")
+
+
+def _log_record(record: Record, log: Log) -> None:
+    flag = f"  FLAGGED: {' | '.join(record.review)[:300]}" if record.review else ""
+    where = f" on {record.worker}" if record.worker else ""
+    log(f"{record.student}/{record.assignment}: {record.status} {_fmt(record.score)}/{_fmt(record.max_score)} "
+        f"in {record.seconds:.1f} s{where}{flag}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_records(ws: Workspace) -> list[Record]:

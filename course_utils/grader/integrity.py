@@ -1,18 +1,16 @@
-"""Grading integrity: what a submission did to the notebook and to the kernel, and which marks it cannot keep.
+"""What a submission did to the notebook: forged, edited, deleted or duplicated cells, and suspicious code.
 
-Three layers (see "For instructors" in README.md for what they do not catch):
+:class:`IntegrityCheck` is nbgrader's sanitize step, before ``OverwriteCells``. It compares the submission with
+the released notebook:
 
-* :class:`IntegrityCheck` (nbgrader preprocessor, before ``OverwriteCells``) compares the submission with the
-  released notebook: cells with unknown nbgrader ids lose their grading metadata (a forged test cell earns
-  nothing), changed points/flags are restored, deleted test cells are put back, edited test cells are reported
-  (nbgrader restores their source), and the student's own code is scanned (:mod:`course_utils.codescan`).
-* sentinels (:func:`add_sentinels`, :func:`settle_test_cells`): each test cell gets a random marker printed at its
-  very end; no marker, no points.
-* the hook probe (:mod:`course_utils.probe`), evaluated in the kernel before each test cell: input/AST transformers,
-  event callbacks, patched shell/kernel/session methods, replaced builtins, patched functions of imported library
-  modules and of the check helpers, when the code behind them comes from outside the read-only installation
-  (i.e. from the notebook). A test cell that runs under such a hook scores 0.
-Findings are either *review* items (the submission is flagged for a person to look at) or *notes*.
+* a cell claiming an unknown nbgrader id (a forged test cell, "50 bonus points") loses its grading metadata;
+* changed points, flags or types are restored; deleted test and read-only cells are put back;
+* a cell id that appears more than once: **the last copy is the answer** (the one a student edited last); the
+  earlier copies lose their grading metadata and run as plain code, and the submission is flagged;
+* the student's own code is scanned for tampering signatures (:mod:`course_utils.grader.codescan`).
+
+None of this decides a score any more: the tests run in the judge (:mod:`course_utils.grader.judge`), out of the
+student's reach. These findings are *review* items (flag the submission for a person) or *notes*.
 """
 
 from __future__ import annotations
@@ -29,10 +27,10 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
-from course_utils import codescan
+from course_utils.grader import codescan
+from course_utils.grader.cells import is_test_cell
 
 METADATA_KEY = "course_integrity"
-HIDDEN_BEGIN, HIDDEN_END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 
 
 @dataclass
@@ -59,87 +57,8 @@ class Findings:
         return cls([str(x) for x in data.get("review", [])], [str(x) for x in data.get("notes", [])])
 
 
-def is_test_cell(cell: NotebookNode) -> bool:
-    """A graded, autograded cell: code, ``grade: true`` and not a (manually graded) solution."""
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
-
-
 def _norm(source: str) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sentinels
-
-
-def add_sentinels(nb: NotebookNode, nonce: str) -> dict[int, tuple[str, str]]:
-    """Append a random end-of-cell marker to every test cell; returns {cell index: (original source, token)}.
-
-    ``nonce`` seeds nothing guessable: each cell gets its own random token, so seeing one teaches nothing.
-    """
-    originals: dict[int, tuple[str, str]] = {}
-    for index, cell in enumerate(nb.cells):
-        if is_test_cell(cell):
-            token = f"@@course-sentinel-{secrets.token_hex(12)}@@"
-            originals[index] = (cell.source, token)
-            cell.source = cell.source.rstrip("\n") + f'\n__import__("sys").stdout.write("{token}\\n") and None'
-    return originals
-
-
-def _take_token(cell: NotebookNode, token: str) -> bool:
-    """Remove ``token`` from the cell's stdout; True when it was there."""
-    found = False
-    kept = []
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream" and out.get("name") == "stdout" and token in out.get("text", ""):
-            found = True
-            out["text"] = out["text"].replace(token + "\n", "").replace(token, "")
-            if not out["text"]:
-                continue
-        kept.append(out)
-    cell["outputs"] = kept
-    return found
-
-
-def settle_test_cells(nb: NotebookNode, originals: dict[int, tuple[str, str]], zeroed: dict[int, str],
-                      not_run: dict[int, str], findings: Findings, stderr_fails: bool = False) -> list[dict]:
-    """After execution: check and remove the sentinels, give untrustworthy test cells an error, restore sources.
-
-    Unless ``stderr_fails``, text a test cell wrote to stderr (a library's warning) is shown as ordinary output:
-    nbgrader would otherwise score the cell 0, and a library upgrade that adds a warning would fail everyone.
-    Returns one record per test cell: grade id, points, passed, and why it failed when the grader decided so.
-    """
-    records = []
-    for index, (source, token) in sorted(originals.items()):
-        cell = nb.cells[index]
-        if not stderr_fails:
-            for out in cell.get("outputs", []):
-                if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                    out["name"] = "stdout"
-        meta = cell.metadata.get("nbgrader", {})
-        grade_id = meta.get("grade_id", f"#{index}")
-        found = _take_token(cell, token)
-        has_error = any(o.get("output_type") == "error" for o in cell.outputs)
-        reason = None
-        if index in not_run:
-            reason = f"not run: {not_run[index]}"
-        elif index in zeroed:
-            reason = zeroed[index]
-            if not has_error:
-                findings.flag(f"test {grade_id!r} ran while {reason}: scored 0")
-        elif not found and not has_error:
-            reason = "the test cell did not run to its end (its sentinel never printed)"
-            findings.flag(f"test {grade_id!r}: {reason}: scored 0")
-        if reason and not has_error:
-            cell.outputs.append(NotebookNode(output_type="error", ename="GradingIntegrityError", evalue=reason,
-                                             traceback=[f"GradingIntegrityError: {reason}"]))
-        cell.source = source
-        passed = not any(o.get("output_type") == "error" for o in cell.outputs) and not any(
-            o.get("output_type") == "stream" and o.get("name") == "stderr" for o in cell.outputs)
-        records.append({"grade_id": grade_id, "points": float(meta.get("points", 0) or 0), "passed": passed,
-                        **({"reason": reason} if reason else {})})
-    return records
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,8 +68,8 @@ def settle_test_cells(nb: NotebookNode, originals: dict[int, tuple[str, str]], z
 class IntegrityCheck(NbGraderPreprocessor):
     """Compare a submission with its released notebook; neutralise forged cells; scan the student's code.
 
-    Runs before nbgrader's ``OverwriteCells``. Findings go into ``nb.metadata['course_integrity']`` for
-    :class:`course_utils.executor.SandboxedExecute`, which writes the report.
+    Runs before nbgrader's ``OverwriteCells``. Findings go into ``nb.metadata['course_integrity']``, where the
+    grader collects them for the submission's record.
     """
 
     release_directory = Unicode("grading/release", help="the released assignments the gradebook was built from"
@@ -200,11 +119,22 @@ class IntegrityCheck(NbGraderPreprocessor):
             tags = cell.get("metadata", {}).pop("tags", None)
             if tags and (wanted.get("locked") or wanted.get("grade")):
                 findings.flag(f"cell {grade_id!r} carries the tag(s) {tags}: removed, the cell runs")
-        for grade_id, count in seen.items():
-            if count > 1:
-                findings.flag(f"cell {grade_id!r} appears {count} times (copied cells are graded once)")
+        self._deduplicate(nb, seen, findings)
         self._restore_missing(nb, release, ref, seen, findings)
         self._scan(nb, release, findings)
+
+    @staticmethod
+    def _deduplicate(nb: NotebookNode, seen: Counter, findings: Findings) -> None:
+        """The last copy of a cell id is the graded one; earlier copies run as plain code (and are flagged)."""
+        for grade_id, count in seen.items():
+            if count < 2:
+                continue
+            copies = [c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
+            for cell in copies[:-1]:
+                del cell.metadata["nbgrader"]
+            seen[grade_id] = 1
+            findings.flag(f"cell {grade_id!r} appears {count} times: the last copy is graded, the others run as "
+                          "plain code")
 
     @staticmethod
     def _restore_missing(nb: NotebookNode, release: NotebookNode, ref: dict, seen: Counter,

@@ -227,6 +227,9 @@ class _Client:
                     return None
                 return super().output(outs, msg, display_id, cell_index)
 
+            def on_comm_open_jupyter_widget(self, msg: dict) -> None:
+                return None   # no widget front end is emulated: a widget's outputs stay in its cell, as text
+
         return CappedClient(nb, km=km, timeout=None, startup_timeout=settings.startup_timeout, allow_errors=True,
                             interrupt_on_timeout=False, raise_on_iopub_timeout=False, iopub_timeout=5,
                             record_timing=False, shutdown_kernel="immediate", store_widget_state=False,
@@ -415,7 +418,7 @@ class _Run:
             locked = cells.is_locked_code(cell)
             position = locked_positions.get(gid) if locked else None
             if not locked:
-                await self._catch_up(judge_done, upto=None)   # the judge is never behind a student cell
+                await self._drain()   # the judge's queued cells finish before a student cell can change names
             if position is not None:
                 await self._catch_up(judge_done, upto=position)
                 if position in self.plan.judge_cells and position not in judge_done:
@@ -427,10 +430,10 @@ class _Run:
             await self._execute(cell, index, student_code_ran)
         await self._drain()
 
-    async def _catch_up(self, done: set[int], upto: int | None) -> None:
-        """Queue the judge's cells before source position ``upto`` (all, for None) and wait for the queue."""
+    async def _catch_up(self, done: set[int], upto: int) -> None:
+        """Queue the judge's cells before source position ``upto`` and wait for the queue."""
         for position in self.plan.judge_cells:
-            if (upto is None or position < upto) and position not in done:
+            if position < upto and position not in done:
                 done.add(position)
                 self._judge_locked_soon(position)
         await self._drain()

@@ -16,7 +16,7 @@ Requests (``op``)::
     call(h, args, kwargs, record)  h(*args, **kwargs); with ``record`` the tensors marked requires_grad are
                                    leaves and the call's graph is kept for a later ``backward``
     backward(record, grads)      input gradients of a recorded call, given its outputs' gradients
-    iter(h) / next(h) / len(h) / bool(h) / repr(h) / str(h) / contains(h, item) / isinstance(h, cls)
+    iter(h) / next(h, n) (up to n items) / len(h) / bool(h) / repr(h) / str(h) / contains(h, item) / isinstance(h, cls)
     value(h)                     the object behind h as data, or an error if it is not data
     release(ids)                 forget handles and records
 """
@@ -102,9 +102,14 @@ class Oracle:
                             limits=wire.Limits(max_bytes=2 ** 40, max_nodes=10 ** 8)).decode(node)
 
     def answer(self, request: dict, buffers: list) -> tuple[dict, list[bytes]]:
+        """One reply: ``{"id", "ok": value}`` or ``{"id", "err": {mro, msg, tb}}``, and its buffers.
+
+        The request's ``grad`` flag is the judge's autograd mode (``torch.no_grad()`` in a test applies here too).
+        """
         encoder = wire.Encoder()
         try:
-            result = self._dispatch(request, buffers, encoder)
+            with _grad_mode(request.get("grad")):
+                result = self._dispatch(request, buffers, encoder)
             return {"id": request.get("id"), "ok": result}, encoder.buffers
         except BaseException as err:  # noqa: BLE001 - everything the student's code raises is an answer
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=8))
@@ -146,10 +151,13 @@ class Oracle:
         if op == "iter":
             return self.handle(iter(obj()))
         if op == "next":
-            try:
-                return {"value": self.by_value(next(obj()), enc)}
-            except StopIteration:
-                return {"stop": True}
+            items, iterator = [], obj()
+            for _ in range(max(1, min(int(req.get("n", 1)), 256))):
+                try:
+                    items.append(self.by_value(next(iterator), enc))
+                except StopIteration:
+                    return _record_node(items={"$l": items}, stop=True)
+            return _record_node(items={"$l": items}, stop=False)
         if op == "len":
             return len(obj())
         if op == "bool":
@@ -190,8 +198,8 @@ class Oracle:
             self.records[rid] = (leaves, outputs)
             while len(self.records) > MAX_RECORDS:
                 self.records.pop(next(iter(self.records)))
-            return {"record": rid, "value": enc.encode(out)}
-        return {"record": None, "value": self.by_value(out, enc)}
+            return _record_node(record=rid, value=enc.encode(out))
+        return _record_node(record=None, value=self.by_value(out, enc))
 
     def _backward(self, rid: int, grads: list, enc: wire.Encoder) -> Any:
         import torch  # noqa: PLC0415
@@ -202,6 +210,11 @@ class Oracle:
             return [None] * len(leaves)
         result = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
         return enc.encode([None if g is None else g.detach() for g in result])
+
+
+def _record_node(**fields: Any) -> dict:
+    """A dict of already encoded values, as a wire node (string keys)."""
+    return {"$d": [[key, value] for key, value in fields.items()]}
 
 
 def _immutable_tuple(value: Any) -> bool:
@@ -217,6 +230,26 @@ def _tensors(value: Any) -> list:
     if type(value) is dict:
         return [t for v in value.values() for t in _tensors(v)]
     return []
+
+
+class _grad_mode:
+    """``torch.set_grad_enabled(flag)`` for the duration of a request (nothing when flag is not a bool)."""
+
+    def __init__(self, flag: Any) -> None:
+        self.flag, self.previous = flag, None
+
+    def __enter__(self) -> None:
+        if type(self.flag) is bool:
+            import torch  # noqa: PLC0415
+
+            self.previous = torch.is_grad_enabled()
+            torch.set_grad_enabled(self.flag)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            import torch  # noqa: PLC0415
+
+            torch.set_grad_enabled(self.previous)
 
 
 def install() -> None:

@@ -87,6 +87,8 @@ class Remote:
         """Send one request; decode the answer; raise what the student's code raised."""
         encoder = wire.Encoder(self._outgoing)
         header = {"op": op, **fields}
+        if wire.torch is not None:
+            header["grad"] = wire.torch.is_grad_enabled()     # the judge's autograd mode applies in the kernel
         for key, value in (values or {}).items():
             header[key] = encoder.encode(value)
         with self.lock:
@@ -146,7 +148,7 @@ class Remote:
             raise TypeError(f"cannot send {value!r} to the student's kernel: the judge never hands the kernel "
                             "code of its own to call back (tests must not pass their functions into student code)")
         try:
-            data = wire.torch_save_bytes(value)
+            data = wire.torch_save_bytes(_without_hooks(value))
         except Exception as err:  # noqa: BLE001 - say what could not travel
             raise TypeError(f"cannot send a {type(value).__name__} to the student's kernel: {err}") from err
         return {"$obj": encoder.add_buffer(data)}
@@ -207,6 +209,22 @@ class Remote:
                                      f"{tuple(getattr(g, 'shape', ()))} for an input of shape {shape}")
             checked.append(None if g is None else g.to(dtype))
         return checked
+
+
+def _without_hooks(value: Any) -> Any:
+    """A copy of an ``nn.Module`` without its hooks (transformers installs closures that cannot be pickled and
+    are not needed for a forward pass); any other value unchanged."""
+    torch = wire.torch
+    if torch is None or not isinstance(value, torch.nn.Module):
+        return value
+    import copy  # noqa: PLC0415
+
+    clone = copy.deepcopy(value)
+    for module in clone.modules():
+        for name, hooks in list(vars(module).items()):
+            if "hooks" in name and isinstance(hooks, dict):
+                hooks.clear()
+    return clone
 
 
 def _tensors(value: Any) -> list:
@@ -446,17 +464,29 @@ class Handle:
 
 
 class _RemoteIterator:
+    """Iterates a kernel-side iterator, fetching items in chunks (one request per chunk, not per item)."""
+
+    CHUNK = 64
+
     def __init__(self, remote: Remote, handle: Any) -> None:
         self.remote, self.handle = remote, handle
+        self.buffer: list = []
+        self.stopped = False
+        self.chunk = 1
 
     def __iter__(self) -> "_RemoteIterator":
         return self
 
     def __next__(self) -> Any:
-        step = self.remote.request("next", h=object.__getattribute__(self.handle, "_hid"))
-        if not isinstance(step, dict) or step.get("stop"):
+        if not self.buffer and not self.stopped:
+            step = self.remote.request("next", h=object.__getattribute__(self.handle, "_hid"), n=self.chunk)
+            self.chunk = min(self.CHUNK, self.chunk * 4)
+            items = step.get("items") if isinstance(step, dict) else None
+            self.buffer = list(items) if isinstance(items, list) else []
+            self.stopped = not isinstance(step, dict) or step.get("stop") is not False
+        if not self.buffer:
             raise StopIteration
-        return step.get("value")
+        return self.buffer.pop(0)
 
 
 # ---------------------------------------------------------------------------------------------------- classes

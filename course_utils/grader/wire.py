@@ -141,7 +141,7 @@ class Encoder:
             t = t.cpu()
         t = t.contiguous()
         dtype = str(t.dtype).replace("torch.", "")
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         is_param = isinstance(value, torch.nn.Parameter)
         return {"$tensor": [dtype, list(t.shape), self._buffer(raw), bool(value.requires_grad), is_param]}
 

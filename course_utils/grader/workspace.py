@@ -1,6 +1,6 @@
 """The course root, the instructor's workspace and nbgrader's configuration; release and registration.
 
-Autograding itself is in :mod:`course_utils.autograde`.
+Autograding itself is in :mod:`course_utils.grader.autograde`.
 
 The repository is the nbgrader course root (``solutions/`` = source, ``notebooks/`` = release). Everything the
 instructor's grading produces lives in a *workspace* folder (default ``<root>/grading/``, git-ignored)::
@@ -10,7 +10,7 @@ instructor's grading produces lives in a *workspace* folder (default ``<root>/gr
     submitted/<student>/<assignment>/    copies of the submissions (never modified)
     archive/<student>/<assignment>/<UTC time>/    earlier versions of changed submissions
     autograded/<student>/<assignment>/   the executed notebooks (nbgrader's autograded folder)
-    integrity/<student>/<assignment>/<notebook>.json   per-notebook flags, per-cell results, sandbox, seconds
+    integrity/<student>/<assignment>/<notebook>.json   per-notebook verdicts, flags, sandbox, worker, seconds
     records/<student>/<assignment>.json  per-submission summary (status, score, flags, what was graded)
     feedback/<student>/<assignment>/<notebook>.html   (course feedback)
     grades.csv              (course grades)
@@ -30,11 +30,8 @@ from pathlib import Path
 from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 
-from course_utils.grader import submissions
-
-COURSE_ID = "llm-foundations"
-GRADER_MODULES = ("grading.py", "autograde.py", "executor.py", "integrity.py", "probe.py", "codescan.py",
-                   "sandbox.py", "sandbox_launch.py", "submissions.py")
+from course_utils.grader import pipeline, submissions
+from course_utils.grader.pipeline import COURSE_ID
 
 
 @dataclass(frozen=True)
@@ -118,34 +115,18 @@ def settings_config(*, timeout: int | None = None, sandbox_mode: str | None = No
     """Command-line overrides of the execution settings, as a traitlets Config."""
     c = Config()
     if timeout is not None:
-        c.SandboxedExecute.timeout = int(timeout)
+        c.JudgeExecute.timeout = int(timeout)
     if sandbox_mode is not None:
-        c.SandboxedExecute.sandbox = sandbox_mode
+        c.JudgeExecute.sandbox = sandbox_mode
     if memory_mb is not None:
-        c.SandboxedExecute.memory_mb = int(memory_mb)
+        c.JudgeExecute.memory_mb = int(memory_mb)
     return c
 
 
 def nbgrader_config(ws: Workspace, overrides: Config | None = None) -> Config:
-    """Defaults, then the course root's nbgrader_config.py, then ``overrides``; workspace paths always win."""
-    c = Config()
-    c.CourseDirectory.course_id = COURSE_ID
-    c.CourseDirectory.source_directory = "solutions"
-    c.CourseDirectory.release_directory = "notebooks"
-    c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
-    c.OverwriteCells.add_missing_cells = True
-    c.Autograde.sanitize_preprocessors = [
-        "nbgrader.preprocessors.ClearOutput", "course_utils.integrity.IntegrityCheck",
-        "nbgrader.preprocessors.DeduplicateIds", "nbgrader.preprocessors.OverwriteKernelspec",
-        "nbgrader.preprocessors.OverwriteCells", "nbgrader.preprocessors.CheckCellMetadata"]
-    c.Autograde.autograde_preprocessors = [
-        "course_utils.executor.SandboxedExecute", "nbgrader.preprocessors.IgnorePattern",
-        "nbgrader.preprocessors.LimitOutput", "nbgrader.preprocessors.SaveAutoGrades",
-        "nbgrader.preprocessors.AssignLatePenalties", "nbgrader.preprocessors.CheckCellMetadata"]
-    c.GenerateFeedback.preprocessors = [
-        "nbgrader.preprocessors.GetGrades", "course_utils.feedback.HideHiddenTests",
-        "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
-    c.SandboxedExecute.timeout = 60
+    """The pipeline's defaults, then the course root's nbgrader_config.py, then ``overrides``; the workspace's
+    paths always win."""
+    c = pipeline.configure(Config())
     config_file = ws.root / "nbgrader_config.py"
     if config_file.is_file():
         c.merge(PyFileConfigLoader(config_file.name, path=str(ws.root)).load_config())
@@ -157,8 +138,7 @@ def nbgrader_config(ws: Workspace, overrides: Config | None = None) -> Config:
     c.CourseDirectory.feedback_directory = str(ws.feedback)
     c.CourseDirectory.db_url = ws.db_url
     c.IntegrityCheck.release_directory = str(ws.release)
-    c.SandboxedExecute.report_directory = str(ws.integrity)
-    c.SandboxedExecute.source_directory = str(ws.source)
+    c.JudgeExecute.source_directory = str(ws.source)
     return c
 
 

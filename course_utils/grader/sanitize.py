@@ -1,0 +1,150 @@
+"""Nothing a student wrote runs in a page the course shows: outputs and markdown are sanitized.
+
+A graded notebook is shown to people twice: in the feedback page the student gets, and in nbgrader's formgrader,
+which renders it on the instructor's own Jupyter server (where a script could act as the instructor). So the
+autograded notebook itself is made inert before it is saved (:class:`SanitizeNotebook`, in the grading pipeline),
+and every HTML page the course writes is sanitized again on the way out (:func:`clean_html`, plus a
+Content-Security-Policy that allows no script at all: :func:`protect_page`).
+
+What survives from a student's cell outputs: plain text, PNG/JPEG images, and HTML reduced to an allow-list of
+harmless tags and attributes (tables, lists, emphasis; links only to http(s); images only as inline PNG/JPEG).
+Everything else (JavaScript, SVG, Markdown and LaTeX outputs, widget views, iframes, event handlers, styles) is
+dropped and replaced by its text form. Markdown and raw cells the student wrote are kept as text: HTML in them is
+escaped, not rendered.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from nbformat.notebooknode import NotebookNode
+from nbgrader.preprocessors import NbGraderPreprocessor
+
+from course_utils.grader import cells
+
+TAGS = ["a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "div", "dl", "dt", "em", "h1", "h2",
+        "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "ol", "p", "pre", "q", "s", "samp", "small",
+        "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "u", "ul"]
+SAFE_MIME = ("text/plain", "image/png", "image/jpeg", "text/html")
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif);base64,[A-Za-z0-9+/=\s]*$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
+
+
+def _attribute_allowed(tag: str, name: str, value: str) -> bool:
+    if name in ("title", "colspan", "rowspan", "align", "alt"):
+        return True
+    if tag == "a" and name == "href":
+        return value.lower().startswith(("http://", "https://", "#"))
+    if tag == "img" and name == "src":
+        return bool(_DATA_IMAGE.match(value))
+    if tag == "img" and name in ("width", "height"):
+        return value.isdigit()
+    return False
+
+
+def clean_html(html: str) -> str:
+    """``html`` reduced to harmless tags and attributes (everything else escaped as text)."""
+    import bleach  # noqa: PLC0415 - nbconvert's own dependency
+
+    return bleach.clean(html, tags=TAGS, attributes=_attribute_allowed, protocols=["http", "https", "data"],
+                        strip=False, strip_comments=True)
+
+
+def escape_markdown_html(source: str) -> str:
+    """Markdown with every HTML tag escaped (the text stays readable; nothing in it is rendered as HTML)."""
+    import bleach  # noqa: PLC0415
+
+    return bleach.clean(source, tags=[], attributes={}, strip=False, strip_comments=True)
+
+
+def clean_output(output: NotebookNode) -> NotebookNode | None:
+    """One output with only safe parts; None when nothing safe is left."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return NotebookNode(output_type="stream", name="stderr" if output.get("name") == "stderr" else "stdout",
+                            text=_text(output.get("text", "")))
+    if kind == "error":
+        return NotebookNode(output_type="error", ename=_text(output.get("ename", "Error"))[:500],
+                            evalue=_text(output.get("evalue", "")),
+                            traceback=[_text(line) for line in output.get("traceback", [])][:200])
+    if kind not in ("display_data", "execute_result"):
+        return None
+    data = output.get("data", {}) if isinstance(output.get("data"), dict) else {}
+    kept: dict[str, Any] = {}
+    for mime in SAFE_MIME:
+        value = data.get(mime)
+        if value is None:
+            continue
+        value = _text(value)
+        if mime == "text/html":
+            kept[mime] = clean_html(value)
+        elif mime.startswith("image/"):
+            if _BASE64.match(value) and _decodes(value):
+                kept[mime] = value
+        else:
+            kept[mime] = value
+    dropped = sorted(set(data) - set(kept))
+    if dropped and "text/plain" not in kept:
+        kept["text/plain"] = f"[output of type {', '.join(dropped)[:200]} not shown]"
+    if not kept:
+        return None
+    out = NotebookNode(output_type=kind, data=kept, metadata={})
+    if kind == "execute_result":
+        out["execution_count"] = output.get("execution_count") if isinstance(output.get("execution_count"), int) \
+            else None
+    return out
+
+
+def sanitize_notebook(nb: NotebookNode) -> NotebookNode:
+    """Make a graded notebook inert, in place: outputs cleaned, student markdown/raw cells escaped, no widget
+    state. The instructor's locked cells keep their markdown: by this stage nbgrader has restored them from the
+    source (a cell claiming an unknown id lost its metadata in :class:`~course_utils.grader.integrity.IntegrityCheck`).
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        instructor = bool(cells.grade_id(cell)) and bool(cells.nbgrader_meta(cell).get("locked"))
+        if not instructor:
+            cell.pop("attachments", None)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in (clean_output(o) for o in cell.get("outputs", [])) if o is not None]
+        elif cell.cell_type == "markdown" and not instructor:
+            cell.source = escape_markdown_html(cells.source_of(cell))
+        elif cell.cell_type == "raw":
+            for key in ("format", "raw_mimetype"):
+                cell.metadata.pop(key, None)
+            cell.source = escape_markdown_html(cells.source_of(cell))
+    return nb
+
+
+class SanitizeNotebook(NbGraderPreprocessor):
+    """The grading pipeline's step that makes the autograded notebook inert before it is saved."""
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        return sanitize_notebook(nb), resources
+
+
+def protect_page(html: str) -> str:
+    """An HTML page with a Content-Security-Policy that forbids every script, frame and remote load."""
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    head = re.search(r"<head[^>]*>", html, flags=re.I)
+    if head:
+        return html[: head.end()] + meta + html[head.end():]
+    return f"<!DOCTYPE html><html><head>{meta}</head><body>{html}</body></html>"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        value = "".join(str(v) for v in value)
+    return str(value)
+
+
+def _decodes(value: str) -> bool:
+    try:
+        base64.b64decode(value.replace("\n", ""), validate=False)
+        return True
+    except (ValueError, TypeError):
+        return False
