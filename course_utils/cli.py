@@ -20,19 +20,19 @@ from pathlib import Path
 
 
 def _root(args: argparse.Namespace) -> Path:
-    from course_utils.grading import find_course_root  # noqa: PLC0415
+    from course_utils.grader.workspace import find_course_root  # noqa: PLC0415
 
     return Path(args.root).resolve() if args.root else find_course_root(Path.cwd())
 
 
 def _workspace(args: argparse.Namespace):
-    from course_utils.grading import Workspace  # noqa: PLC0415
+    from course_utils.grader.workspace import Workspace  # noqa: PLC0415
 
     return Workspace.at(_root(args), args.workspace)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from course_utils import grading  # noqa: PLC0415
+    from course_utils.grader import workspace as grading  # noqa: PLC0415
 
     root = _root(args)
     names = args.assignment or grading.assignments(root)
@@ -62,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_autograde(args: argparse.Namespace) -> int:
-    from course_utils import autograde, grading  # noqa: PLC0415
+    from course_utils.grader import autograde, workspace as grading  # noqa: PLC0415
 
     ws = _workspace(args)
     source = Path(args.dir).resolve()
@@ -91,7 +91,7 @@ def cmd_autograde(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from course_utils.feedback import generate_feedback  # noqa: PLC0415
+    from course_utils.grader.feedback import generate_feedback  # noqa: PLC0415
 
     ws = _workspace(args)
     written = generate_feedback(ws, args.student, args.assignment, include_flagged=args.include_flagged)
@@ -100,7 +100,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_grades(args: argparse.Namespace) -> int:
-    from course_utils.feedback import write_grades  # noqa: PLC0415
+    from course_utils.grader.feedback import write_grades  # noqa: PLC0415
 
     ws = _workspace(args)
     out = write_grades(ws, Path(args.out) if args.out else None)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader + SQLAlchemy 2 noise
-    from course_utils.grading import python_bin_on_path  # noqa: PLC0415
+    from course_utils.grader.workspace import python_bin_on_path  # noqa: PLC0415
 
     python_bin_on_path()
     try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import cli, grading
+from course_utils import cli
+from course_utils.grader import workspace as grading
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grading" / "course"
 NAME = "01_fixture"

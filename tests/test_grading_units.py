@@ -1,4 +1,5 @@
-"""Fast unit tests of the grading pieces: the tamper scan, the import rules, the sandbox's view, feedback scrubbing."""
+"""Fast unit tests of the grading pieces: the tamper scan, the import rules, the sandbox's view, feedback scrubbing,
+the pipeline's definition, old import paths."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import codescan, feedback, grading, integrity, probe, sandbox, submissions
+from course_utils.grader import codescan, feedback, pipeline, sandbox, submissions
+from course_utils.grader import workspace as grading
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = codescan.imported_names(["import torch\nimport importlib, course_utils.checks as checks",
@@ -88,25 +90,6 @@ def test_discover_skips_what_it_cannot_grade(tmp_path: Path):
     assert len(warnings) == 3 and any("unknown assignment" in w for w in warnings)
 
 
-def test_sentinels_score_only_cells_that_ran_to_their_end():
-    nb = nbformat.v4.new_notebook()
-    for grade_id in ("ran", "blanked", "hooked"):
-        cell = nbformat.v4.new_code_cell(f"# {grade_id}")
-        cell.metadata["nbgrader"] = {"grade": True, "grade_id": grade_id, "points": 1, "solution": False,
-                                     "locked": True}
-        nb.cells.append(cell)
-    originals = integrity.add_sentinels(nb, "nonce")
-    assert all("course-sentinel" in c.source for c in nb.cells)
-    tokens = {i: tok for i, (_, tok) in originals.items()}
-    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"hello\n{tokens[0]}\n")]
-    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{tokens[2]}\n")]
-    findings = integrity.Findings()
-    records = integrity.settle_test_cells(nb, originals, {2: "a hook was active"}, {}, findings)
-    assert [r["passed"] for r in records] == [True, False, False]
-    assert nb.cells[0].outputs[0].text == "hello\n" and nb.cells[0].source == "# ran"
-    assert findings.as_dict()["flagged"] and len(findings.review) == 2
-
-
 def test_feedback_hides_hidden_tests_and_test_tracebacks():
     cell = nbformat.v4.new_code_cell('"""checks."""\nexpect(1)\n### BEGIN HIDDEN TESTS\nsecret_case(42)\n'
                                      "### END HIDDEN TESTS")
@@ -116,10 +99,6 @@ def test_feedback_hides_hidden_tests_and_test_tracebacks():
     out, _ = feedback.HideHiddenTests().preprocess_cell(cell, {}, 0)
     assert "secret_case" not in out.source and "hidden tests: not shown" in out.source
     assert out.outputs[0].traceback == ["CheckFailure: Check failed: x"]
-
-
-def test_probe_expression_is_one_expression():
-    compile(probe.probe_expression(["/opt/python"]), "<probe>", "eval")
 
 
 def test_repo_nbgrader_config_matches_the_course_defaults():
@@ -132,8 +111,24 @@ def test_repo_nbgrader_config_matches_the_course_defaults():
     ws = grading.Workspace.at(ROOT, "/tmp/nowhere")
     merged = grading.nbgrader_config(ws)
     assert merged.CourseDirectory.db_url == "sqlite:////tmp/nowhere/gradebook.db", "workspace paths always win"
-    assert "course_utils.executor.SandboxedExecute" in merged.Autograde.autograde_preprocessors
+    assert merged.Autograde.autograde_preprocessors == [pipeline.EXECUTE, *pipeline.FINISH]
+    assert merged.Autograde.sanitize_preprocessors == pipeline.SANITIZE
     assert "nbgrader.preprocessors.Execute" not in merged.Autograde.autograde_preprocessors
+    assert merged.HTMLExporter.sanitize_html is True, "formgrader must not render a student's HTML raw"
+
+
+def test_old_import_paths_still_work_or_say_where_things_went():
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("course_utils.grading")
+        from course_utils.executor import SandboxedExecute
+    assert old is grading and SandboxedExecute.__name__ == "JudgeExecute"
+    assert any("course_utils.grader.workspace" in str(w.message) for w in caught)
+    with pytest.raises(ImportError, match="judge"):
+        importlib.import_module("course_utils.probe")
 
 
 @pytest.mark.skipif(sandbox.detect_mode("auto") not in sandbox.ISOLATING_MODES,
@@ -172,18 +167,3 @@ print(json.dumps(seen))
     assert all(v != "ok" for k, v in seen.items() if k.startswith("write")), seen
     if mode == "bwrap":
         assert seen["uid"] >= sandbox.FIRST_UID
-
-
-@pytest.mark.parametrize("stderr_fails", [False, True])
-def test_a_warning_in_a_test_cell_fails_it_only_under_nbgraders_rule(stderr_fails: bool):
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("check()")
-    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
-    nb.cells.append(cell)
-    originals = integrity.add_sentinels(nb, "n")
-    token = originals[0][1]
-    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="FutureWarning: something is deprecated\n"),
-                    nbformat.v4.new_output("stream", name="stdout", text=f"{token}\n")]
-    [record] = integrity.settle_test_cells(nb, originals, {}, {}, integrity.Findings(), stderr_fails=stderr_fails)
-    assert record["passed"] is (not stderr_fails)
-    assert "FutureWarning" in cell.outputs[0].text, "the warning is still shown"

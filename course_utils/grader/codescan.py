@@ -5,8 +5,8 @@ to make them pass without the work: IPython input/AST transformers and event hoo
 methods, rebound check helpers, patched modules or builtins, ``sys.modules`` surgery, killing the kernel,
 objects that compare equal to anything, dynamic code, and references to the grader's files.
 
-It is a tripwire, not a proof: obfuscated code can hide from it, which is why the kernel is also probed for
-hooks at run time (:mod:`course_utils.integrity`) and every test cell must print its sentinel.
+It is a tripwire for a person's attention, not a proof and never a score: tests run in the trusted judge
+(:mod:`course_utils.grader.judge`), where none of these tricks reach, so a flag only says "look at this".
 
     >>> scan("get_ipython().input_transformers_post.append(lambda lines: [])")
     ['installs an IPython input transformer (input_transformers_post)', 'uses the IPython shell object (get_ipython)']
@@ -67,7 +67,7 @@ _PATH_PATTERNS = [(re.compile(r"gradebook", re.I), "refers to the gradebook"),
                   (re.compile(r"(submitted|autograded)[/\\]"), "refers to the grader's folders"),
                   (re.compile(r"BEGIN (HIDDEN TESTS|SOLUTION)|END (HIDDEN TESTS|SOLUTION)"),
                    "contains nbgrader markers"),
-                  (re.compile(r"course-sentinel|never-skip-"), "refers to the grader's sentinels")]
+                  (re.compile(r"course-oracle|_course_oracle"), "refers to the grader's oracle")]
 _ALWAYS_PROTECTED = {"builtins", "importlib", "sys", "IPython", "ipykernel", "course_utils", "checks"}
 _PROTECTED_MODULES = {"builtins", "importlib", "sys", "os", "IPython", "ipykernel", "course_utils", "torch",
                       "numpy", "np", "math", "json", "nbformat", "checks", "transformers", "peft"}
@@ -188,7 +188,7 @@ def scan(source: str, instructor_imports: dict[str, str] | None = None) -> list[
                 top = module.split(".")[0]
                 if top in _SUSPICIOUS_MODULES:
                     add(_SUSPICIOUS_MODULES[top])
-                if module.startswith("course_utils.checks") or module == "course_utils.integrity":
+                if module.startswith(("course_utils.checks", "course_utils.grader", "course_utils.integrity")):
                     add(f"imports the grader's module {module}")
             for alias in node.names:
                 if isinstance(node, ast.Import):

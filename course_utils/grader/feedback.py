@@ -1,4 +1,5 @@
-"""What goes back out of the workspace: feedback HTML per student (no hidden test code) and the grades CSV."""
+"""What goes back out of the workspace: feedback HTML per student (no hidden test code, nothing that runs) and
+the grades CSV."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from course_utils.autograde import load_records
-from course_utils.grading import COURSE_ID, LogCapture, Workspace, coursedir_for, nbgrader_config
-from course_utils.integrity import HIDDEN_BEGIN, HIDDEN_END
+from course_utils.grader import sanitize
+from course_utils.grader.autograde import load_records
+from course_utils.grader.cells import without_hidden_tests
+from course_utils.grader.workspace import COURSE_ID, LogCapture, Workspace, coursedir_for, nbgrader_config
 
 CSV_COLUMNS = ["student_id", "assignment", "status", "score", "max_score", "percent", "flagged", "flag_reasons",
-               "notes", "sandbox", "seconds", "graded_at"]
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+               "notes", "sandbox", "worker", "seconds", "graded_at"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class HideHiddenTests(NbGraderPreprocessor):
@@ -31,19 +33,10 @@ class HideHiddenTests(NbGraderPreprocessor):
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if not meta.get("grade"):
             return cell, resources
-        lines, hidden, kept = cell.source.split("\n"), False, []
-        for line in lines:
-            if HIDDEN_BEGIN in line:
-                hidden = True
-                kept.append(line[: len(line) - len(line.lstrip())] + "# (hidden tests: not shown)")
-            elif HIDDEN_END in line:
-                hidden = False
-            elif not hidden:
-                kept.append(line)
-        cell.source = "\n".join(kept)
+        cell.source = without_hidden_tests(cell.source)
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                out["traceback"] = [f"{out.get('ename', 'Error')}: {_ANSI.sub('', str(out.get('evalue', '')))}"]
+                out["traceback"] = [f"{out.get('ename', 'Error')}: {ANSI.sub('', str(out.get('evalue', '')))}"]
         return cell, resources
 
 
@@ -70,8 +63,9 @@ def generate_feedback(ws: Workspace, students: list[str] | None = None, names: l
             dest.mkdir(parents=True, exist_ok=True)
             page = dest / f"{record.assignment}.html"
             reasons = "".join(f"<li>{html.escape(r)}</li>" for r in record.review if "scored 0" in r)
-            page.write_text(f"<html><body><h1>{html.escape(record.assignment)}</h1><p>Score: "
-                            f"{record.score or 0:g} / {record.max_score or 0:g}</p><ul>{reasons}</ul></body></html>")
+            page.write_text(sanitize.protect_page(
+                f"<html><head><meta charset=\"utf-8\"></head><body><h1>{html.escape(record.assignment)}</h1>"
+                f"<p>Score: {record.score or 0:g} / {record.max_score or 0:g}</p><ul>{reasons}</ul></body></html>"))
             written.append(page)
             continue
         with LogCapture() as logs:
@@ -84,7 +78,9 @@ def generate_feedback(ws: Workspace, students: list[str] | None = None, names: l
                 log(f"{record.student}/{record.assignment}: feedback failed: {err} "
                     + " / ".join(logs.messages[-3:]))
                 continue
-        written += sorted(dest.glob("*.html"))
+        for page in sorted(dest.glob("*.html")):
+            page.write_text(sanitize.protect_page(page.read_text()))
+            written.append(page)
     return written
 
 
@@ -111,7 +107,8 @@ def write_grades(ws: Workspace, out: Path | None = None) -> Path:
                 "score": "" if score is None else f"{score:g}", "max_score": "" if max_score is None else f"{max_score:g}",
                 "percent": percent, "flagged": "yes" if record.review else "no",
                 "flag_reasons": " | ".join(record.review), "notes": " | ".join(record.notes),
-                "sandbox": record.sandbox, "seconds": f"{record.seconds:.1f}", "graded_at": record.graded_at,
+                "sandbox": record.sandbox, "worker": record.worker, "seconds": f"{record.seconds:.1f}",
+                "graded_at": record.graded_at,
             })
     finally:
         if gradebook is not None:

@@ -192,11 +192,11 @@ class _Budget:
         cpu = self.run.cpu_now() - self.cpu_start
         wall = time.monotonic() - self.wall_start
         if cpu > settings.timeout:
-            return f"{self.what} used more than {settings.timeout} s of CPU time"
+            return f"{self.what} timed out (more than {settings.timeout} s of CPU time)"
         if wall > settings.timeout * settings.wall_factor:
-            return f"{self.what} ran longer than {settings.timeout * settings.wall_factor:g} s"
+            return f"{self.what} timed out (more than {settings.timeout * settings.wall_factor:g} s)"
         if time.monotonic() > self.run.deadline:
-            return f"the notebook ran past its {settings.notebook_timeout} s budget"
+            return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
         return None
 
 
@@ -481,7 +481,7 @@ class _Run:
                     break
                 reason = budget.exceeded()
                 if reason:
-                    if not student_code_ran and "budget" not in reason:
+                    if not student_code_ran and "notebook" not in reason:
                         task.cancel()
                         raise GraderTooSlowError(
                             f"the instructor's cell {_label(cell, index)} ran out of time ({reason}) before any "

@@ -404,8 +404,10 @@ class Handle:
         return value == _value(other) if ok else NotImplemented
 
     def __ne__(self, other: Any) -> Any:
-        result = self.__eq__(other)
-        return result if result is NotImplemented else not result
+        if other is self:
+            return False
+        ok, value = _data_or_none(self)
+        return value != _value(other) if ok else NotImplemented
 
     __hash__ = object.__hash__
     __lt__ = _binary(lambda a, b: a < b)
