@@ -82,12 +82,14 @@ def test_import_copies_keeps_every_version_and_skips_links(tmp_path: Path):
 
 def test_discover_skips_what_it_cannot_grade(tmp_path: Path):
     (tmp_path / "bob" / "01_x").mkdir(parents=True)
+    (tmp_path / "mallory\n" / "01_x").mkdir(parents=True)      # not "mallory": the rule is the whole name
     (tmp_path / "bob" / "99_unknown").mkdir(parents=True)
     (tmp_path / "bad name!" / "01_x").mkdir(parents=True)
     (tmp_path / "stray.ipynb").write_text("{}")
     found, warnings = submissions.discover(tmp_path, {"01_x"})
     assert [(s, a) for s, a, _ in found] == [("bob", "01_x")]
-    assert len(warnings) == 3 and any("unknown assignment" in w for w in warnings)
+    assert len(warnings) == 4 and any("unknown assignment" in w for w in warnings)
+    assert any("'mallory\\n'" in w for w in warnings), warnings
 
 
 def test_feedback_hides_hidden_tests_and_test_tracebacks():
@@ -117,10 +119,13 @@ def test_repo_nbgrader_config_matches_the_course_defaults():
     assert merged.HTMLExporter.sanitize_html is True, "formgrader must not render a student's HTML raw"
 
 
-def test_old_import_paths_still_work_or_say_where_things_went():
+def test_old_import_paths_still_work_or_say_where_things_went(monkeypatch):
     import importlib
+    import sys
     import warnings
 
+    for old in ("course_utils.grading", "course_utils.executor"):
+        monkeypatch.delitem(sys.modules, old, raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         old = importlib.import_module("course_utils.grading")

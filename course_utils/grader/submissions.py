@@ -17,6 +17,7 @@ Each ``DIR/<student>/<assignment>/`` is copied to ``<workspace>/submitted/<stude
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import stat
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}")    # the whole name (fullmatch): no newline, no /
 _SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", ".git"}
 
 
@@ -55,11 +56,15 @@ def manifest(folder: Path, max_file_mb: float = 50.0) -> tuple[dict[str, str], l
     left_out: list[str] = []
     if not folder.is_dir():
         return files, left_out
-    for path in sorted(folder.rglob("*")):
+    for path in _walk(folder, left_out):
         rel = path.relative_to(folder)
         if any(part in _SKIP_DIRS for part in rel.parts):
             continue
-        mode = path.lstat().st_mode
+        try:
+            mode = path.lstat().st_mode
+        except OSError as err:
+            left_out.append(f"{_short(rel)} (cannot be read: {err.strerror or err})")
+            continue
         if stat.S_ISDIR(mode):
             continue
         if stat.S_ISLNK(mode):
@@ -69,8 +74,41 @@ def manifest(folder: Path, max_file_mb: float = 50.0) -> tuple[dict[str, str], l
         elif path.lstat().st_size > max_file_mb * 1024 * 1024:
             left_out.append(f"{rel} (larger than {max_file_mb:g} MB)")
         else:
-            files[rel.as_posix()] = sha256(path)
+            try:
+                files[rel.as_posix()] = sha256(path)
+            except OSError as err:
+                left_out.append(f"{_short(rel)} (cannot be read: {err.strerror or err})")
     return files, left_out
+
+
+def _walk(folder: Path, problems: list[str]) -> list[Path]:
+    """Every entry under ``folder`` (links not followed); folders that cannot be listed (a path too long, no
+    permission) are reported in ``problems`` instead of stopping the walk."""
+    found: list[Path] = []
+
+    def onerror(err: OSError) -> None:
+        where = Path(err.filename).relative_to(folder) if err.filename and str(err.filename).startswith(
+            str(folder)) else Path(str(err.filename or "?"))
+        problems.append(f"{_short(where)} (cannot be read: {err.strerror or err})")
+
+    for top, dirs, names in os.walk(folder, onerror=onerror):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        base = Path(top)
+        found += [base / name for name in sorted(names)]
+        for name in list(dirs):
+            try:
+                if (base / name).is_symlink():     # os.walk does not follow it: report it as a link
+                    found.append(base / name)
+            except OSError as err:
+                dirs.remove(name)
+                problems.append(f"{_short((base / name).relative_to(folder))} (cannot be read: "
+                                f"{err.strerror or err})")
+    return sorted(found)
+
+
+def _short(rel: Path) -> str:
+    text = rel.as_posix()
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-50:]}"
 
 
 def discover(source: Path, assignments: set[str]) -> tuple[list[tuple[str, str, Path]], list[str]]:
@@ -86,7 +124,7 @@ def discover(source: Path, assignments: set[str]) -> tuple[list[tuple[str, str, 
         if student_dir.is_symlink() or not student_dir.is_dir():
             warnings.append(f"{student_dir.name}: not a student folder (expected <student_id>/<assignment>/): skipped")
             continue
-        if not SAFE_NAME.match(student_dir.name):
+        if not SAFE_NAME.fullmatch(student_dir.name):
             warnings.append(f"{student_dir.name!r}: student ids may use letters, digits and _ . @ + - only: skipped")
             continue
         for assignment_dir in sorted(student_dir.iterdir()):
