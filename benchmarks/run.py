@@ -49,6 +49,7 @@ TARGETS = {
     "autograde_s": 20.0,       # a notebook under NBGRADER_EXECUTION
     "course_s": 300.0,         # all notebooks, one after the other
     "redraw_p95_ms": 100.0,    # a widget control changed -> redraw finished, in the kernel
+    "grading_floor_ratio": 3.0,  # autograding seconds per notebook / the cold-import floor, same run
 }
 RSS_MARK, WIDGET_MARK = "__BENCH_RSS__", "__BENCH_WIDGETS__"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -372,6 +373,24 @@ def summarize_widgets(widgets: dict | None) -> dict | None:
 # 3. Autograding through the course's own command
 
 
+FLOOR_CODE = ("import torch, transformers\nfrom course_utils.models import load_model\n"
+              "load_model('tiny-base')\n")
+
+
+def floor_bench(repeats: int = 3) -> dict:
+    """The cold-import floor: a fresh interpreter that imports torch and transformers and loads a bundled model
+    (what every graded notebook pays before any test runs). Median of ``repeats`` runs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", FLOOR_CODE], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+        if proc.returncode != 0:
+            return {"status": "failed", "reason": proc.stderr.strip()[-300:]}
+        times.append(time.perf_counter() - start)
+    return {"status": "ok", "seconds": round(statistics.median(times), 2), "runs": [round(t, 2) for t in times]}
+
+
 def autograde_bench(notebooks: list[Path], timeout: float = 900) -> dict:
     """Seconds per submission of ``course autograde`` with the solutions as one student's submission."""
     course = Path(sys.executable).parent / "course"
@@ -405,6 +424,7 @@ def autograde_bench(notebooks: list[Path], timeout: float = 900) -> dict:
         reported = re.search(r"([0-9.]+) s per submission", out)
         result = {"submissions": len(notebooks), "seconds_total": round(seconds, 1),
                   "seconds_per_submission": round(seconds / max(len(notebooks), 1), 1),
+                  "seconds_per_notebook": round(seconds / max(len(notebooks), 1), 2),
                   "grader_seconds_per_submission": float(reported.group(1)) if reported else None,
                   "summary": next((line for line in out.splitlines() if "submissions:" in line), out[-300:])}
         scores = _autograde_scores(tmp / "workspace")
@@ -797,6 +817,14 @@ def render_markdown(results: dict) -> str:
                       f"({a['seconds_total']:.0f} s in all, set-up included)"
                       + (f"; scores: {scores}" if scores else "") + "."
                       + (f" **Failed**: {a.get('reason')}" if a["status"] == "failed" else "")]
+        floor = (results.get("floor") or {}).get("seconds")
+        if a.get("floor_ratio") is not None and floor:
+            ratio = a["floor_ratio"]
+            lines += ["", f"**Grading speed against the floor**: {a['seconds_per_notebook']:.1f} s per notebook "
+                          f"(whole `course autograde` run, judge and sandbox included) = **{ratio:.2f}×** the "
+                          f"cold-import floor of {floor:.1f} s (a fresh Python importing torch and transformers and "
+                          f"loading tiny-base, median of 3, same run){_mark(ratio <= t['grading_floor_ratio'])} "
+                          f"(target ≤ {t['grading_floor_ratio']:g}×)."]
     else:
         lines += ["", f"**Autograding** with `course autograde`: {a.get('status', 'not run')} "
                       f"({a.get('reason', 'skipped with --no-autograde')})."]
@@ -897,7 +925,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_autograde:
         print("autograding the solutions with `course autograde` ...", flush=True)
+        results["floor"] = floor_bench()
         results["autograde"] = autograde_bench(notebooks)
+        floor = results["floor"].get("seconds")
+        if floor and results["autograde"].get("seconds_per_notebook"):
+            results["autograde"]["floor_ratio"] = round(results["autograde"]["seconds_per_notebook"] / floor, 2)
         print(f"  {results['autograde'].get('status')}: {results['autograde'].get('seconds_per_submission')}",
               flush=True)
     if not args.no_libraries:
