@@ -54,8 +54,8 @@ from pathlib import Path
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")  # the rule of submissions.SAFE_NAME
 STATE = ".canvas"  # OUT/.canvas/{attempts,reports}: a dot-folder, so `course autograde OUT` skips it
-CANVAS_FILE = re.compile(r"^(?:(?P<name>.*?)_)?(?:(?P<late>LATE)_)?(?P<user>\d+|anon_[A-Za-z0-9]+)_"
-                         r"(?P<file_id>\d+)_(?P<display>.+)$")
+CANVAS_FILE = re.compile(r"^(?:(?P<name>(?!LATE_).*?)_)?(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<file_id>\d+)_(?P<display>.+)$")
+CANVAS_ANON = re.compile(r"^(?:(?P<late>LATE)_)?(?P<user>anon_[A-Za-z0-9]+)_(?P<file_id>\d+)_(?P<display>.+)$")
 CANVAS_TEXT = re.compile(r"^(?:.*?_)?(?:LATE_)?(?:\d+|anon_[A-Za-z0-9]+)_(?:text|link)\.html$")
 CANVAS_INFO = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 _NOT_ASSIGNMENTS = re.compile(r"Current Score|Current Points|Current Grade|Final Score|Final Points|Final Grade|"
@@ -196,10 +196,10 @@ class CanvasFile:
 
 def parse_canvas_name(filename: str) -> CanvasFile | None:
     """``doejane_LATE_12345_6789012_01_attention-1.ipynb`` -> its parts; None if it is not Canvas's form."""
-    m = CANVAS_FILE.match(filename)
+    m = CANVAS_ANON.match(filename) or CANVAS_FILE.match(filename)  # anonymous grading: no name, anon_<id>
     if not m:
         return None
-    return CanvasFile(m["name"] or "", bool(m["late"]), m["user"], int(m["file_id"]), m["display"])
+    return CanvasFile(m.groupdict().get("name") or "", bool(m["late"]), m["user"], int(m["file_id"]), m["display"])
 
 
 def match_notebook(display: str, assignments: Iterable[str]) -> tuple[str, int] | None:
