@@ -1,40 +1,31 @@
-"""Canvas in and out: a "Download Submissions" zip becomes ``submissions/``; grades become a gradebook CSV.
+"""Canvas in and out: its submissions zip becomes ``submissions/``, the grades become its gradebook CSV.
 
-**Roster** (``--roster ROSTER.csv``, UTF-8, comma- or semicolon-separated): who is who. Either our own columns::
+**Roster** (``load_roster``): ``student_id,canvas_user_id[,name,sis_user_id,sis_login_id,section]``, or Canvas's own
+gradebook export (Grades > Export: ``Student,ID,SIS User ID,SIS Login ID,Section,...``; ``ID`` is the Canvas user
+id, the student id is an added ``student_id`` column, else ``SIS Login ID``). Student ids are folder names
+(letters, digits, ``_ . @ + -``). Every bad line is reported with file, line, value and the fix.
 
-    student_id,canvas_user_id,name,sis_user_id,sis_login_id,section      (the last four are optional)
-    jdoe,12345,"Doe, Jane",S001,jdoe@uni.edu,Section 1
-
-or Canvas's own gradebook export (Grades > Export), whose ``ID`` column is the Canvas user id; the course
-student id is then its ``student_id`` column if you add one, else ``SIS Login ID``. Its "Points Possible" and
-"Manual Posting" lines and Canvas's Test Student are skipped. Student ids become folder names: letters, digits
-and ``_ . @ + -`` only (the rule of ``course autograde``). A bad line is an error naming the file, line and value.
-
-**In** (:func:`collect_canvas`). Canvas names each uploaded file ``<name>_[LATE_]<user id>_<file id>_<file name>``
-(``lib/content_zipper.rb`` in canvas-lms: ``<name>`` is the lower-cased sortable name without punctuation,
-``LATE`` marks a submission Canvas counts as late, ``<file id>`` is the upload's attachment id, which grows with
-every upload). A student who uploads a file name twice gets ``01_attention-1.ipynb``, ``-2``, ...
-(``Attachment.make_unique_filename``). For each student (matched by user id through the roster) and assignment
-(``--assignment``, else the notebook's name), every attempt is kept under
-``OUT/.canvas/attempts/<student>/<assignment>/<file id>/`` (with ``attempt.json``: zip, entry, late, sha256) and
+**In** (``collect_canvas``). Canvas names each uploaded file ``<name>_[LATE_]<user id>_<file id>_<file name>``
+(canvas-lms ``lib/content_zipper.rb``: ``<name>`` is the lower-cased sortable name without punctuation, absent under
+anonymous grading, where the user id is ``anon_<id>``; ``<file id>`` is the upload's attachment id, which grows with
+every upload); a file name uploaded again becomes ``01_attention-1.ipynb``, ``-2``, ... Every attempt is kept in
+``OUT/.canvas/attempts/<student>/<assignment>/<file id>/`` (with ``attempt.json``: zip, entry, late flag, sha256);
 the latest (highest file id, then re-upload number) is copied to ``OUT/<student>/<assignment>/<assignment>.ipynb``,
-the layout ``course autograde`` reads (it skips dot-folders). Collecting the same zip again changes nothing; a
-newer zip adds its attempts and moves the latest forward. A notebook there that is none of the collected attempts
-(edited by hand) is never overwritten: it is reported. No ``timestamp.txt`` is written: Canvas's zip carries no
-submission time (rubyzip stamps each entry with the time the zip was built) and ``LATE`` is a yes/no, so the
-flag goes into ``attempt.json`` and the report. Every entry that is not collected is listed with the reason, on
-screen and in ``OUT/.canvas/reports/collect-<UTC time>-<zip>.txt``. Entries are hostile input: absolute paths,
-``..``, links, encrypted entries and files over the size limits are refused; output paths are built only from
-roster ids and known assignment names, never from the zip.
+the layout ``course autograde`` reads (it skips dot-folders). The same zip again changes nothing; a newer zip moves
+the latest forward; a notebook there that is none of the attempts (edited by hand) is never overwritten. No
+``timestamp.txt``: the zip has no submission time (rubyzip stamps entries with the time the zip was built) and
+``LATE`` is only yes/no, so it goes into ``attempt.json`` and the report. Entries that are not collected are listed
+with the reason, on screen and in ``OUT/.canvas/reports/``. Zip entries are hostile input: absolute paths, ``..``,
+links, encrypted or oversized entries are refused, and output paths are built only from roster ids and known
+assignment names, never from the zip.
 
-**Out** (:func:`write_canvas_grades`). Canvas's gradebook import (``GradebookImporter`` in canvas-lms) wants a
-header ``Student,ID,SIS User ID,SIS Login ID,Section,<assignment>...``, matches students by ``ID`` (then SIS ids,
-then name), assignment columns by ``Title (assignment id)`` or by title (an unknown title creates an assignment),
-and reads an optional ``Points Possible`` line. We write one column per assignment (the header of a Canvas export
-roster when its title is the assignment's name), points possible = ``max_score``, and one line per roster student.
-A submission that was not graded (none handed in, or a grading error) is left blank: Canvas reads a blank as
-"no score" and shows every cell that would change on its review page before it saves. ``missing="zero"`` writes 0
-for students without a submission instead.
+**Out** (``write_canvas_grades``). canvas-lms's ``GradebookImporter`` reads a header
+``Student,ID,SIS User ID,SIS Login ID,Section,<assignment>...``, matches students by ``ID`` (then SIS ids, then
+name) and assignment columns by ``Title (assignment id)`` or title (an unknown title creates an assignment), and an
+optional ``Points Possible`` line. We write one column per graded assignment (the Canvas export's header when its
+title is the assignment's name), points possible = ``max_score``, one line per roster student. Not graded (nothing
+handed in, or a grading error) is blank, which Canvas reads as "no score"; ``missing="zero"`` writes 0 for work that
+was not handed in.
 """
 
 from __future__ import annotations
@@ -54,7 +45,8 @@ from pathlib import Path
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")  # the rule of submissions.SAFE_NAME
 STATE = ".canvas"  # OUT/.canvas/{attempts,reports}: a dot-folder, so `course autograde OUT` skips it
-CANVAS_FILE = re.compile(r"^(?:(?P<name>(?!LATE_).*?)_)?(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<file_id>\d+)_(?P<display>.+)$")
+CANVAS_FILE = re.compile(r"^(?:(?P<name>(?!LATE_).*?)_)?(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<file_id>\d+)_"
+                         r"(?P<display>.+)$")
 CANVAS_ANON = re.compile(r"^(?:(?P<late>LATE)_)?(?P<user>anon_[A-Za-z0-9]+)_(?P<file_id>\d+)_(?P<display>.+)$")
 CANVAS_TEXT = re.compile(r"^(?:.*?_)?(?:LATE_)?(?:\d+|anon_[A-Za-z0-9]+)_(?:text|link)\.html$")
 CANVAS_INFO = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
@@ -255,7 +247,8 @@ class CollectReport:
                f"{sum(c.late for c in self.collected)} late, {len(self.skipped)} files not collected -> {self.out}"]
         for c in self.collected if details else []:
             late = ", LATE" if c.late else ""
-            out.append(f"  {c.student}/{c.assignment}: {c.action}{late}, {c.attempts} attempt(s) kept, latest {c.entry}")
+            out.append(f"  {c.student}/{c.assignment}: {c.action}{late}, {c.attempts} attempt(s) kept, "
+                       f"latest {c.entry}")
         out += [f"not collected: {entry}: {why}" for entry, why in self.skipped]
         out += [f"problem: {p}" for p in self.problems]
         return out
@@ -315,15 +308,16 @@ def _identify(entry: str, roster: Roster) -> tuple[CanvasFile, Student] | str:
     return canvas, student
 
 
-def _why_not(canvas: CanvasFile, assignment: str | None, known: list[str]) -> str:
+def _why_not(canvas: CanvasFile, student: str, out: Path, assignment: str | None, known: list[str]) -> str:
     if not canvas.display.endswith(".ipynb"):
         return f"not a notebook ({canvas.display!r}): only the assignment's notebook is collected"
     other = match_notebook(canvas.display, known)
     if assignment and other:
         return f"the notebook of {other[0]}, but --assignment is {assignment}: collect it with --assignment {other[0]}"
     expected = f"{assignment}.ipynb" if assignment else f"one of {', '.join(f'{a}.ipynb' for a in known)}"
-    return (f"a notebook named {canvas.display!r}, expected {expected}: if it is the student's work, rename it "
-            f"and copy it to OUT/<student>/<assignment>/<assignment>.ipynb yourself")
+    name = assignment or "<assignment>"
+    return (f"a notebook named {canvas.display!r}, expected {expected}: if it is the student's work, copy it to "
+            f"{out / student / name / name}.ipynb yourself")
 
 
 def collect_canvas(zip_path: Path | str, roster: Roster, out: Path | str, assignments: Iterable[str],
@@ -358,7 +352,7 @@ def collect_canvas(zip_path: Path | str, roster: Roster, out: Path | str, assign
             canvas, student = who
             match = match_notebook(canvas.display, [assignment] if assignment else known)
             if match is None:
-                report.skipped.append((entry, _why_not(canvas, assignment, known)))
+                report.skipped.append((entry, _why_not(canvas, student.student_id, out, assignment, known)))
                 continue
             try:
                 with archive.open(info) as fh:
@@ -377,7 +371,8 @@ def collect_canvas(zip_path: Path | str, roster: Roster, out: Path | str, assign
         except OSError as err:  # one folder we cannot write must not stop the others
             report.problems.append(f"{student_id}/{name}: {type(err).__name__}: {err}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    report.report_path = out / STATE / "reports" / f"collect-{stamp}-{re.sub(r'[^A-Za-z0-9._-]', '_', zip_path.stem)}.txt"
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", zip_path.stem)
+    report.report_path = out / STATE / "reports" / f"collect-{stamp}-{label}.txt"
     _write(report.report_path, ("\n".join(report.lines()) + "\n").encode())
     return report
 

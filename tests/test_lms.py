@@ -345,7 +345,8 @@ def course(tmp_path: Path) -> Path:
 
 def test_cli_collect(course, canvas_zip, capsys):
     out = course / "submissions"
-    args = ["--root", str(course), "collect", str(canvas_zip), "--roster", str(course / "roster.csv"), "--out", str(out)]
+    args = ["--root", str(course), "collect", str(canvas_zip), "--roster", str(course / "roster.csv"),
+            "--out", str(out)]
     assert cli.main(args) == 1, "files were not collected: exit 1"
     printed = capsys.readouterr().out
     assert "3 submissions (3 new" in printed and "1 late" in printed
