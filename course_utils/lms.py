@@ -404,6 +404,9 @@ def _place(report: CollectReport, out: Path, student: str, name: str,
             except (OSError, ValueError):
                 meta = {}
             kept_all.append((int(folder.name), number[1], path, meta if isinstance(meta, dict) else {}))
+    if not kept_all:  # only if someone replaced the kept files with links or other names
+        report.problems.append(f"{store}: no readable attempt: {student}/{name} left as it is")
+        return Collected(student, name, out / student / name / f"{name}.ipynb", "", "conflict", False, 0)
     _, _, latest, meta = max(kept_all, key=lambda k: (k[0], k[1]))
     data = latest.read_bytes()
     current = out / student / name / f"{name}.ipynb"
@@ -462,15 +465,15 @@ def canvas_gradebook(rows: Iterable[Mapping[str, str]], roster: Roster,
         raise ValueError(f"missing={missing!r}: use 'blank' (no score) or 'zero'")
     export = CanvasExport(Path(), [], len(roster.students))
     cells: dict[tuple[str, str], str] = {}
-    points: dict[str, float] = {}
+    points: dict[str, float | None] = {}  # None: no row says how many points (then Canvas keeps its own)
     for n, row in enumerate(rows, start=2):
         student, name = (row.get("student_id") or "").strip(), (row.get("assignment") or "").strip()
         if not student or not name:
             export.warnings.append(f"grades line {n}: no student_id or assignment: skipped")
             continue
-        points.setdefault(name, 0.0)
         max_score, score = _number(row.get("max_score")), _number(row.get("score"))
-        points[name] = max(points[name], max_score or 0.0)
+        known = [p for p in (points.get(name), max_score) if p is not None]
+        points[name] = max(known) if known else None
         if student not in roster.by_student:
             export.unmatched.append(f"{student}/{name}: not in the roster {roster.path}: not exported (add a "
                                     "line with their Canvas user id)")
@@ -487,7 +490,8 @@ def canvas_gradebook(rows: Iterable[Mapping[str, str]], roster: Roster,
     export.assignments = sorted(points)
     default = "0" if missing == "zero" else ""
     table = [CANVAS_INFO + [roster.canvas_columns.get(a, a) for a in export.assignments],
-             ["Points Possible", "", "", "", ""] + [_fmt(points[a]) for a in export.assignments]]
+             ["Points Possible", "", "", "", ""] + [_fmt(p) if (p := points[a]) is not None else ""
+                                                   for a in export.assignments]]
     for s in sorted(roster.students, key=lambda s: (s.name.lower(), s.student_id)):
         table.append([s.name or s.student_id, str(s.canvas_user_id), s.sis_user_id, s.sis_login_id, s.section]
                      + [cells.get((s.student_id, a), default) for a in export.assignments])

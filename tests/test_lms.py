@@ -317,6 +317,10 @@ def test_canvas_grades_csv(tmp_path, roster):
     assert any("bsmith/01_attention: no score (status error)" in w for w in export.warnings)
     assert any("jdoe/02_sampling: flagged for review (no notebook)" in w for w in export.warnings)
 
+    no_points = [{"student_id": "jdoe", "assignment": "03_x", "status": "error", "score": "", "max_score": ""}]
+    lms.write_canvas_grades(no_points, roster, tmp_path / "no-points.csv")
+    assert read(tmp_path / "no-points.csv")[1][5] == "", "no max_score: no Points Possible (not 0)"
+
     lms.write_canvas_grades(GRADES, roster, tmp_path / "zero.csv", missing="zero")
     rows = {r[1]: r for r in read(tmp_path / "zero.csv")[2:]}
     assert rows["34567"][5:] == ["0", "0"] and rows["23456"][5:] == ["", "0"]  # an error stays blank
