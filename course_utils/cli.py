@@ -5,6 +5,8 @@
     course autograde DIR [--force] [--timeout S]     grade DIR/<student>/<assignment>/<assignment>.ipynb
     course feedback                                  feedback HTML per student (no hidden test code)
     course grades [--out CSV]                        one row per submission, with flags for review
+    course grades --format canvas --roster R.csv     the same scores as a CSV for Canvas's gradebook import
+    course collect ZIP --roster R.csv [--out DIR]    Canvas's submissions zip -> DIR/<student>/<assignment>/
     course progress                                  a learner's progress (checks passing, cards due)
 
 Instructor state lives in ``--workspace`` (default ``<course root>/grading/``). See "For instructors" in README.md.
@@ -103,9 +105,48 @@ def cmd_grades(args: argparse.Namespace) -> int:
     from course_utils.grader.feedback import write_grades  # noqa: PLC0415
 
     ws = _workspace(args)
+    if args.format == "canvas":
+        return _grades_canvas(args, ws, write_grades)
+    if args.roster:
+        print("--roster is only used with --format canvas", file=sys.stderr)
+        return 2
     out = write_grades(ws, Path(args.out) if args.out else None)
     print(f"grades written to {out}")
     return 0
+
+
+def _grades_canvas(args: argparse.Namespace, ws, write_grades) -> int:  # noqa: ANN001 - Workspace, its writer
+    import tempfile  # noqa: PLC0415
+
+    from course_utils import lms  # noqa: PLC0415
+
+    if not args.roster:
+        print("course grades --format canvas needs --roster ROSTER.csv (student_id,canvas_user_id or Canvas's "
+              "gradebook export; see README, 'Canvas: submissions in, grades out')", file=sys.stderr)
+        return 2
+    roster = lms.load_roster(args.roster)
+    with tempfile.TemporaryDirectory() as tmp:  # the generic CSV is the one source of scores and flags
+        rows = lms.read_grades_csv(write_grades(ws, Path(tmp) / "grades.csv"))
+    export = lms.write_canvas_grades(rows, roster, Path(args.out) if args.out else ws.path / "grades-canvas.csv",
+                                     missing=args.missing)
+    for line in export.warnings + export.unmatched:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"Canvas gradebook CSV written to {export.path}: {export.students} students, "
+          f"{len(export.assignments)} assignments ({', '.join(export.assignments) or 'none graded yet'}). "
+          "Import it in Canvas: Grades > Import")
+    return 1 if export.unmatched else 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from course_utils import grading, lms  # noqa: PLC0415
+
+    roster = lms.load_roster(args.roster)
+    report = lms.collect_canvas(args.zip, roster, Path(args.out), grading.assignments(_root(args)),
+                                assignment=args.assignment)
+    for line in roster.skipped + report.lines(details=False):
+        print(line)
+    print(f"report: {report.report_path}. Next: course autograde {args.out}")
+    return 0 if report.ok else 1
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
@@ -156,8 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("grades", help="write the grades CSV (scores, flags for review, sandbox mode)")
-    p.add_argument("--out", help="CSV path (default: <workspace>/grades.csv)")
+    p.add_argument("--out", help="CSV path (default: <workspace>/grades.csv, or grades-canvas.csv for canvas)")
+    p.add_argument("--format", choices=["csv", "canvas"], default="csv",
+                   help="csv: one row per submission (default); canvas: Canvas's gradebook import format")
+    p.add_argument("--roster", help="with --format canvas: student_id,canvas_user_id CSV or Canvas's gradebook export")
+    p.add_argument("--missing", choices=["blank", "zero"], default="blank",
+                   help="with --format canvas: a student with no graded submission gets a blank cell (default: "
+                   "no score) or 0")
     p.set_defaults(func=cmd_grades)
+
+    p = sub.add_parser("collect", help="unpack an LMS's submissions zip into DIR/<student_id>/<assignment>/")
+    p.add_argument("zip", help="the zip from Canvas (the assignment's page > Download Submissions)")
+    p.add_argument("--format", choices=["canvas"], default="canvas", help="the LMS that made the zip (canvas)")
+    p.add_argument("--roster", required=True,
+                   help="CSV: student_id,canvas_user_id (optional name, sis_user_id, sis_login_id, section), or "
+                   "Canvas's gradebook export (its SIS Login ID, or an added student_id column, is the student id)")
+    p.add_argument("--assignment", help="the assignment (default: from each notebook's name)")
+    p.add_argument("--out", default="submissions", help="submissions folder (default: ./submissions)")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("progress", help="your progress: checks passing per notebook, flashcards due")
     try:
