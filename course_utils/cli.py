@@ -118,7 +118,7 @@ def cmd_grades(args: argparse.Namespace) -> int:
 def _grades_canvas(args: argparse.Namespace, ws, write_grades) -> int:  # noqa: ANN001 - Workspace, its writer
     import tempfile  # noqa: PLC0415
 
-    from course_utils import lms  # noqa: PLC0415
+    from course_utils.grader import canvas as lms  # noqa: PLC0415
 
     if not args.roster:
         print("course grades --format canvas needs --roster ROSTER.csv (student_id,canvas_user_id or Canvas's "
@@ -138,7 +138,7 @@ def _grades_canvas(args: argparse.Namespace, ws, write_grades) -> int:  # noqa: 
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from course_utils import grading, lms  # noqa: PLC0415
+    from course_utils.grader import canvas as lms, workspace as grading  # noqa: PLC0415
 
     roster = lms.load_roster(args.roster)
     report = lms.collect_canvas(args.zip, roster, Path(args.out), grading.assignments(_root(args)),

@@ -14,7 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import cli, lms
+from course_utils import cli
+from course_utils.grader import canvas as lms
 
 ASSIGNMENTS = ["01_attention", "02_sampling"]
 ROSTER = """student_id,canvas_user_id,name,sis_user_id,sis_login_id,section

@@ -1,180 +1,27 @@
-"""Canvas in and out: its submissions zip becomes ``submissions/``, the grades become its gradebook CSV.
-
-**Roster** (``load_roster``): ``student_id,canvas_user_id[,name,sis_user_id,sis_login_id,section]``, or Canvas's own
-gradebook export (Grades > Export: ``Student,ID,SIS User ID,SIS Login ID,Section,...``; ``ID`` is the Canvas user
-id, the student id is an added ``student_id`` column, else ``SIS Login ID``). Student ids are folder names
-(letters, digits, ``_ . @ + -``). Every bad line is reported with file, line, value and the fix.
-
-**In** (``collect_canvas``). Canvas names each uploaded file ``<name>_[LATE_]<user id>_<file id>_<file name>``
-(canvas-lms ``lib/content_zipper.rb``: ``<name>`` is the lower-cased sortable name without punctuation, absent under
-anonymous grading, where the user id is ``anon_<id>``; ``<file id>`` is the upload's attachment id, which grows with
-every upload); a file name uploaded again becomes ``01_attention-1.ipynb``, ``-2``, ... Every attempt is kept in
-``OUT/.canvas/attempts/<student>/<assignment>/<file id>/`` (with ``attempt.json``: zip, entry, late flag, sha256);
-the latest (highest file id, then re-upload number) is copied to ``OUT/<student>/<assignment>/<assignment>.ipynb``,
-the layout ``course autograde`` reads (it skips dot-folders). The same zip again changes nothing; a newer zip moves
-the latest forward; a notebook there that is none of the attempts (edited by hand) is never overwritten. No
-``timestamp.txt``: the zip has no submission time (rubyzip stamps entries with the time the zip was built) and
-``LATE`` is only yes/no, so it goes into ``attempt.json`` and the report. Entries that are not collected are listed
-with the reason, on screen and in ``OUT/.canvas/reports/``. Zip entries are hostile input: absolute paths, ``..``,
-links, encrypted or oversized entries are refused, and output paths are built only from roster ids and known
-assignment names, never from the zip.
-
-**Out** (``write_canvas_grades``). canvas-lms's ``GradebookImporter`` reads a header
-``Student,ID,SIS User ID,SIS Login ID,Section,<assignment>...``, matches students by ``ID`` (then SIS ids, then
-name) and assignment columns by ``Title (assignment id)`` or title (an unknown title creates an assignment), and an
-optional ``Points Possible`` line. We write one column per graded assignment (the Canvas export's header when its
-title is the assignment's name), points possible = ``max_score``, one line per roster student. Not graded (nothing
-handed in, or a grading error) is blank, which Canvas reads as "no score"; ``missing="zero"`` writes 0 for work that
-was not handed in.
-"""
+"""Canvas's submissions zip -> ``submissions/<student>/<assignment>/`` (see :mod:`course_utils.grader.canvas`)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")  # the rule of submissions.SAFE_NAME
+from course_utils.grader.canvas.roster import Roster, Student
+
 STATE = ".canvas"  # OUT/.canvas/{attempts,reports}: a dot-folder, so `course autograde OUT` skips it
 CANVAS_FILE = re.compile(r"^(?:(?P<name>(?!LATE_).*?)_)?(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<file_id>\d+)_"
                          r"(?P<display>.+)$")
 CANVAS_ANON = re.compile(r"^(?:(?P<late>LATE)_)?(?P<user>anon_[A-Za-z0-9]+)_(?P<file_id>\d+)_(?P<display>.+)$")
 CANVAS_TEXT = re.compile(r"^(?:.*?_)?(?:LATE_)?(?:\d+|anon_[A-Za-z0-9]+)_(?:text|link)\.html$")
-CANVAS_INFO = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
-_NOT_ASSIGNMENTS = re.compile(r"Current Score|Current Points|Current Grade|Final Score|Final Points|Final Grade|"
-                              r"Override Score|Override Grade|Override Status|^Integration ID$|^Root Account$")
-_TEST_STUDENTS = {"Student, Test", "Test Student"}
 
 
-class RosterError(ValueError):
-    """A roster that cannot be used; the message names each bad line and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Student:
-    student_id: str          # the course's id: the folder under submissions/
-    canvas_user_id: int      # Canvas's numeric user id ("ID" in its gradebook export)
-    name: str = ""
-    sis_user_id: str = ""
-    sis_login_id: str = ""
-    section: str = ""
-    line: int = 0
-
-
-@dataclass
-class Roster:
-    path: Path
-    students: list[Student]
-    canvas_columns: dict[str, str] = field(default_factory=dict)  # title -> "Title (id)" from a Canvas export
-    skipped: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.by_canvas_id: dict[int, Student] = {s.canvas_user_id: s for s in self.students}
-        self.by_student: dict[str, Student] = {s.student_id: s for s in self.students}
-
-
-def _read_csv(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, cells) for each row; ``;`` as separator when the header has more fields that way."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise RosterError(f"no roster at {path}") from None
-    except UnicodeDecodeError as err:
-        raise RosterError(f"{path}: not UTF-8 text ({err}); save it as CSV UTF-8") from None
-    first = text.split("\n", 1)[0]
-    delimiter = ";" if first.count(";") > first.count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows: list[tuple[int, list[str]]] = []
-    try:
-        for cells in reader:
-            rows.append((reader.line_num, [c.strip() for c in cells]))
-    except csv.Error as err:
-        raise RosterError(f"{path}, line {reader.line_num}: {err}") from None
-    return rows
-
-
-def load_roster(path: Path | str) -> Roster:
-    """Read a roster (see the module docstring); raise :class:`RosterError` listing every bad line."""
-    path = Path(path)
-    rows = _read_csv(path)
-    if not rows:
-        raise RosterError(f"{path} is empty; expected a header student_id,canvas_user_id or Canvas's gradebook export")
-    header = rows[0][1]
-    col = {name: i for i, name in reversed(list(enumerate(header)))}
-    canvas_export = "student_id" not in col or "canvas_user_id" not in col
-    if canvas_export and not (header and "Student" in header[0] and "ID" in col):
-        raise RosterError(f"{path}, line 1: not a roster: expected the columns student_id,canvas_user_id (optional: "
-                          f"name, sis_user_id, sis_login_id, section) or Canvas's gradebook export (Student, ID, "
-                          f"SIS User ID, SIS Login ID, Section, ...); found {', '.join(header) or 'nothing'}")
-    id_col = "student_id" if "student_id" in col else "SIS Login ID"
-    if id_col not in col:
-        raise RosterError(f"{path}: this Canvas gradebook export has no SIS Login ID column: add a column student_id "
-                          "with each student's course id (the folder name under submissions/)")
-    canvas_col = "ID" if canvas_export else "canvas_user_id"
-    names = ("Student", "SIS User ID", "SIS Login ID", "Section") if canvas_export else \
-        ("name", "sis_user_id", "sis_login_id", "section")
-    columns: dict[str, str] = {}
-    if canvas_export:
-        for title in header[header.index("Section") + 1:] if "Section" in header else []:
-            if title and title != "student_id" and not _NOT_ASSIGNMENTS.search(title):
-                columns.setdefault(re.sub(r"\s*\(\d+\)$", "", title), title)
-    errors: list[str] = []
-    seen_canvas: dict[int, int] = {}
-    seen_student: dict[str, int] = {}
-    students: list[Student] = []
-    skipped: list[str] = []
-    for line, cells in rows[1:]:
-        def cell(name: str, cells: list[str] = cells) -> str:
-            return cells[col[name]] if name in col and col[name] < len(cells) else ""
-
-        if not any(cells) or (canvas_export and ("Points Possible" in cells[0]
-                                                 or all(re.fullmatch(r"(Muted|Manual Posting.*)?", c, re.I)
-                                                        for c in cells))):
-            continue
-        if canvas_export and cells[0] in _TEST_STUDENTS:
-            skipped.append(f"{path}, line {line}: Canvas's Test Student: skipped")
-            continue
-        where = f"{path}, line {line}"
-        raw_canvas, student_id = cell(canvas_col), cell(id_col)
-        if not re.fullmatch(r"\d{1,18}", raw_canvas):
-            errors.append(f"{where}: {canvas_col} {raw_canvas!r} is not a Canvas user id (a whole number, as in "
-                          "the ID column of Canvas's gradebook export)")
-            continue
-        canvas_id = int(raw_canvas)
-        if not student_id:
-            errors.append(f"{where}: no {id_col} for Canvas user {canvas_id}: fill it in, or delete the line")
-            continue
-        if not STUDENT_ID.match(student_id):
-            errors.append(f"{where}: {id_col} {student_id!r} cannot be a student id (letters, digits and _ . @ + - "
-                          "only, at most 100, starting with a letter or digit): fix it in the roster")
-            continue
-        if canvas_id in seen_canvas:
-            errors.append(f"{where}: Canvas user {canvas_id} is already on line {seen_canvas[canvas_id]}: keep one")
-            continue
-        if student_id in seen_student:
-            errors.append(f"{where}: student id {student_id!r} is already on line {seen_student[student_id]}: "
-                          "each student needs their own id")
-            continue
-        seen_canvas[canvas_id], seen_student[student_id] = line, line
-        students.append(Student(student_id, canvas_id, *(cell(n) for n in names), line=line))
-    if errors:
-        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise RosterError("bad roster lines:\n" + "\n".join(errors[:20]) + more)
-    if not students:
-        raise RosterError(f"{path}: no students in the roster")
-    return Roster(path, students, columns, skipped)
-
-
-# --------------------------------------------------------------------------------------------------- in
 @dataclass(frozen=True)
 class CanvasFile:
     """One file name of Canvas's submissions zip, taken apart."""
@@ -258,7 +105,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     """Write via a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -373,7 +220,7 @@ def collect_canvas(zip_path: Path | str, roster: Roster, out: Path | str, assign
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     label = re.sub(r"[^A-Za-z0-9._-]", "_", zip_path.stem)
     report.report_path = out / STATE / "reports" / f"collect-{stamp}-{label}.txt"
-    _write(report.report_path, ("\n".join(report.lines()) + "\n").encode())
+    write_file(report.report_path, ("\n".join(report.lines()) + "\n").encode())
     return report
 
 
@@ -388,11 +235,11 @@ def _place(report: CollectReport, out: Path, student: str, name: str,
                 report.problems.append(f"{entry}: Canvas file {canvas.file_id} was collected before with other "
                                        f"content ({kept}): that copy is kept, this one stays in the zip: compare them")
             continue
-        _write(kept, data)
+        write_file(kept, data)
         meta = {"zip": zip_path.name, "entry": entry, "canvas_user_id": canvas.user, "file_id": canvas.file_id,
                 "reupload": reupload, "late": canvas.late, "sha256": _sha256(data),
                 "collected_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _write(kept.parent / "attempt.json", (json.dumps(meta, indent=1) + "\n").encode())
+        write_file(kept.parent / "attempt.json", (json.dumps(meta, indent=1) + "\n").encode())
     kept_all = []  # (file id, re-upload, path, meta) of every attempt on disk, from this zip or earlier ones
     for folder in sorted(p for p in store.iterdir() if p.is_dir() and p.name.isdigit()):
         for path in sorted(folder.glob("*.ipynb")):
@@ -426,84 +273,6 @@ def _place(report: CollectReport, out: Path, student: str, name: str,
             report.problems.append(f"{current} is none of the collected attempts (changed by hand?): left as it "
                                    f"is; the latest attempt is {latest}: move yours away and collect again")
     if action in ("new", "updated"):
-        _write(current, data)
+        write_file(current, data)
     return Collected(student, name, current, str(meta.get("entry", latest.name)), action, bool(meta.get("late")),
                      len(kept_all))
-
-
-# --------------------------------------------------------------------------------------------------- out
-@dataclass
-class CanvasExport:
-    path: Path
-    assignments: list[str]
-    students: int
-    unmatched: list[str] = field(default_factory=list)   # graded students who are not in the roster
-    warnings: list[str] = field(default_factory=list)
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _fmt(x: float) -> str:
-    return f"{round(x, 2):.2f}".rstrip("0").rstrip(".")  # Canvas exports two decimals
-
-
-def read_grades_csv(path: Path | str) -> list[dict[str, str]]:
-    """The rows of ``course grades``'s generic CSV (student_id, assignment, status, score, max_score, flagged...)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def canvas_gradebook(rows: Iterable[Mapping[str, str]], roster: Roster,
-                     missing: str = "blank") -> tuple[list[list[str]], CanvasExport]:
-    """The table Canvas's gradebook import reads (header, Points Possible, one line per roster student)."""
-    if missing not in ("blank", "zero"):
-        raise ValueError(f"missing={missing!r}: use 'blank' (no score) or 'zero'")
-    export = CanvasExport(Path(), [], len(roster.students))
-    cells: dict[tuple[str, str], str] = {}
-    points: dict[str, float | None] = {}  # None: no row says how many points (then Canvas keeps its own)
-    for n, row in enumerate(rows, start=2):
-        student, name = (row.get("student_id") or "").strip(), (row.get("assignment") or "").strip()
-        if not student or not name:
-            export.warnings.append(f"grades line {n}: no student_id or assignment: skipped")
-            continue
-        max_score, score = _number(row.get("max_score")), _number(row.get("score"))
-        known = [p for p in (points.get(name), max_score) if p is not None]
-        points[name] = max(known) if known else None
-        if student not in roster.by_student:
-            export.unmatched.append(f"{student}/{name}: not in the roster {roster.path}: not exported (add a "
-                                    "line with their Canvas user id)")
-            continue
-        if row.get("status") == "error" or score is None:
-            cells[(student, name)] = ""
-            export.warnings.append(f"{student}/{name}: no score (status {row.get('status') or '?'}): left blank; "
-                                   "grade it again (course autograde --force --student ...)")
-            continue
-        cells[(student, name)] = _fmt(score)
-        if (row.get("flagged") or "no") != "no":
-            export.warnings.append(f"{student}/{name}: flagged for review ({row.get('flag_reasons') or '?'}), "
-                                   f"exported with its score {_fmt(score)}: look at it before you import")
-    export.assignments = sorted(points)
-    default = "0" if missing == "zero" else ""
-    table = [CANVAS_INFO + [roster.canvas_columns.get(a, a) for a in export.assignments],
-             ["Points Possible", "", "", "", ""] + [_fmt(p) if (p := points[a]) is not None else ""
-                                                   for a in export.assignments]]
-    for s in sorted(roster.students, key=lambda s: (s.name.lower(), s.student_id)):
-        table.append([s.name or s.student_id, str(s.canvas_user_id), s.sis_user_id, s.sis_login_id, s.section]
-                     + [cells.get((s.student_id, a), default) for a in export.assignments])
-    return table, export
-
-
-def write_canvas_grades(rows: Iterable[Mapping[str, str]], roster: Roster, out: Path | str,
-                        missing: str = "blank") -> CanvasExport:
-    """Write :func:`canvas_gradebook` to ``out`` (UTF-8 CSV) and say what was left out."""
-    table, export = canvas_gradebook(rows, roster, missing)
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(table)
-    export.path = Path(out)
-    _write(export.path, buffer.getvalue().encode("utf-8"))
-    return export
