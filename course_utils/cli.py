@@ -75,9 +75,27 @@ def cmd_autograde(args: argparse.Namespace) -> int:
         print(f"{source} is inside the workspace {ws.path}: point autograde at the submissions as handed in",
               file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
     overrides = grading.settings_config(timeout=args.timeout, sandbox_mode=args.sandbox, memory_mb=args.memory_mb)
-    records = autograde.autograde(ws, source, overrides=overrides, force=args.force, only_students=args.student,
-                                  only_assignments=args.assignment, jobs=args.jobs)
+    workers = None
+    if args.scheduler:
+        from course_utils.grader.cluster import DaskWorkers  # noqa: PLC0415
+
+        workers = DaskWorkers(args.scheduler)
+    try:
+        records = autograde.autograde(ws, source, overrides=overrides, force=args.force,
+                                      only_students=args.student, only_assignments=args.assignment, jobs=args.jobs,
+                                      workers=workers)
+    except KeyboardInterrupt:
+        if workers is not None:
+            workers.shutdown(cancel=True)
+        print("interrupted: what was finished is saved; run the same command again to grade the rest",
+              file=sys.stderr)
+        return 130
+    if workers is not None:
+        workers.shutdown()
     graded = [r for r in records if r.status != "unchanged"]
     flagged = [r for r in records if r.review]
     errors = [r for r in records if r.status == "error"]
@@ -90,6 +108,14 @@ def cmd_autograde(args: argparse.Namespace) -> int:
         print(f"nothing to grade under {source} (expected <student_id>/<assignment>/<assignment>.ipynb)",
               file=sys.stderr)
     return 1 if errors else 0
+
+
+def cmd_slurm_script(args: argparse.Namespace) -> int:
+    from course_utils.grader.cluster import slurm_job_script  # noqa: PLC0415
+
+    print(slurm_job_script(workers_per_job=args.workers_per_job, memory=args.memory, walltime=args.walltime,
+                           queue=args.queue, account=args.account, scheduler_address=args.scheduler))
+    return 0
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
@@ -185,9 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", choices=["auto", "bwrap", "bwrap-userns", "setpriv", "none"],
                    help="isolation mode (default auto: the strongest that works here)")
     p.add_argument("--memory-mb", type=int, help="address-space limit per kernel (default 8192)")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1; each "
-                   "kernel may need up to ~1.5 GB and one core)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="notebooks graded at once on this machine (default 1; "
+                   "each kernel and its judge may need up to ~1.5 GB and one core)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="grade on the workers of this Dask cluster "
+                   "instead (pip install -e '.[cluster]'; see the README)")
     p.set_defaults(func=cmd_autograde)
+
+    p = sub.add_parser("slurm-script", help="print a Slurm batch script that starts grading workers (Dask)")
+    p.add_argument("--workers-per-job", type=int, default=2, help="worker processes per Slurm job (default 2)")
+    p.add_argument("--memory", default="8GB", help="memory per Slurm job (default 8GB)")
+    p.add_argument("--walltime", default="02:00:00", help="Slurm time limit (default 02:00:00)")
+    p.add_argument("--queue", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="the running scheduler the workers join")
+    p.set_defaults(func=cmd_slurm_script)
 
     p = sub.add_parser("feedback", help="feedback HTML per graded submission (hidden tests not shown)")
     p.add_argument("--student", action="append")

@@ -17,9 +17,13 @@ file, a path too long, a worker that died) stops the others: it becomes that sub
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -109,8 +113,9 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
     ensure_gradebook(ws.gradebook)
     config = nbgrader_config(ws, overrides)
     settings = settings_from(config)
-    settings.sandbox = sandbox.detect_mode(settings.sandbox)
-    log(f"sandbox: {settings.sandbox} ({sandbox.describe(settings.sandbox)})")
+    if workers is None:   # local workers use what is detected here; a cluster's workers detect their own
+        settings.sandbox = sandbox.detect_mode(settings.sandbox)
+        log(f"sandbox: {settings.sandbox} ({sandbox.describe(settings.sandbox)})")
     found, warnings = submissions.discover(Path(source), set(assignments(ws.root)))
     for warning in warnings:
         log(f"warning: {warning}")
@@ -236,8 +241,26 @@ def _run(ws: Workspace, config: Config, pending: list[_Pending], workers: Any, l
                                       error=f"{type(err).__name__}: {err}")
             item.results[notebook] = result
             if len(item.results) == len(item.jobs):
-                records.append(_finalize(ws, config, item, log))
+                with _interrupt_after():       # Ctrl-C never lands half-way through writing a submission
+                    records.append(_finalize(ws, config, item, log))
     return records
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the gradebook, the record and the graded
+    notebook of one submission are written together or not at all, and the next run resumes from there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
 
 
 def _finalize(ws: Workspace, config: Config, item: _Pending, log: Log) -> Record:

@@ -41,7 +41,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from course_utils.grader import cells, proxy, sandbox, version, wire
+from course_utils.grader import cells, proxy, sandbox, version
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # one message from the kernel (ZMQ drops the peer past it)
@@ -105,6 +105,7 @@ class Result:
     sandbox: str = ""
     seconds: float = 0.0
     kernel_cpu_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per phase: start, cells, judge, tests
     worker: str = ""
     version: str = ""
     error: str = ""
@@ -172,6 +173,7 @@ def grade(job: Job) -> Result:
     result.review += [r for r in run.review if r not in result.review]
     result.notes += [n for n in run.notes if n not in result.notes]
     result.kernel_cpu_seconds = round(run.kernel_cpu, 2)
+    result.timings = {k: round(v, 2) for k, v in run.timings.items()}
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
@@ -278,6 +280,7 @@ class _Run:
         self.judge: _Judge | None = None
         self._pending: list[asyncio.Future] = []
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
+        self.timings: dict[str, float] = {"start": 0.0, "kernel_cells": 0.0, "judge_waits": 0.0, "tests": 0.0}
 
     # ------------------------------------------------------------------ accounting
 
@@ -326,10 +329,12 @@ class _Run:
         env = sandbox.kernel_env(self.scratch, {"NBGRADER_EXECUTION": "autograde"})
         with open(self.log_path, "wb") as log:
             try:
+                began = time.perf_counter()
                 async with self.client.async_setup_kernel(cwd=str(self.workdir), env=env, stdout=log, stderr=log,
                                                           cleanup_kc=True):
                     self._cap_sockets()
                     await self._bootstrap()
+                    self.timings["start"] = time.perf_counter() - began
                     self.started = True
                     self.judge = _Judge(self)
                     await self._cells()
@@ -444,8 +449,10 @@ class _Run:
 
     async def _drain(self) -> None:
         pending, self._pending = self._pending, []
+        began = time.perf_counter()
         for future in pending:
             await future
+        self.timings["judge_waits"] += time.perf_counter() - began
 
     async def _judge_test(self, cell: Any, test: cells.TestPlan) -> None:
         assert self.judge is not None and self.loop is not None
@@ -453,7 +460,9 @@ class _Run:
             verdict = Verdict(test.grade_id, test.points, False, f"not run: {self.dead}")
             cell.outputs = [_error("GradingError", verdict.reason)]
         else:
+            began = time.perf_counter()
             verdict, outputs = await self.loop.run_in_executor(self.judge_pool, self.judge.run_test, test)
+            self.timings["tests"] += time.perf_counter() - began
             cell.outputs = outputs
         cell.source = test.source
         cell.execution_count = None
@@ -468,7 +477,15 @@ class _Run:
 
     async def _execute(self, cell: Any, index: int, student_code_ran: bool) -> None:
         """Run one cell in the kernel, charging its time to the sandbox's CPU (see :class:`_Budget`)."""
-        from nbclient.exceptions import DeadKernelError  # noqa: PLC0415
+        assert self.lock is not None
+        began = time.perf_counter()
+        try:
+            await self._execute_locked(cell, index, student_code_ran)
+        finally:
+            self.timings["kernel_cells"] += time.perf_counter() - began
+
+    async def _execute_locked(self, cell: Any, index: int, student_code_ran: bool) -> None:
+        from nbclient.exceptions import DeadKernelError  # noqa: PLC0415 - slow import
 
         assert self.lock is not None
         async with self.lock:
@@ -821,12 +838,12 @@ def warm_up() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with contextlib.suppress(Exception):
-        import nbclient  # noqa: F401, PLC0415
-        import torch  # noqa: F401, PLC0415
-        import transformers  # noqa: F401, PLC0415
+    import importlib  # noqa: PLC0415
 
-        import course_utils.checks  # noqa: F401, PLC0415
+    for module in ("nbclient", "torch", "transformers", "matplotlib.pyplot", "course_utils.checks",
+                   "course_utils.models"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     version.grader_version()
 
 
