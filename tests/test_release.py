@@ -255,3 +255,79 @@ def test_concept_key_accepts_the_solution_and_explains_every_wrong_answer(source
     malformed = 42 if isinstance(right, (str, dict)) else "many"
     with pytest.raises(checks.CheckFailure):
         exec(visible, {"checks": checks, var: malformed})  # noqa: S102
+
+
+# Every seed concept is checked by a graded cell somewhere (a code exercise's test or a concept question);
+# the ideas only taught in prose before concept questions existed are the first group.
+SEED_CONCEPT_CHECKS = {
+    "benchmarks (GLUE, SuperGLUE, MMLU, BIG-bench, HELM)": ["03_finetuning:concept_benchmarks"],
+    "FLAN and multi-task instruction tuning, catastrophic forgetting": ["03_finetuning:concept_multitask"],
+    "the three classes of PEFT": ["03_finetuning:concept_peft_classes"],
+    "adapters": ["03_finetuning:test_bottleneck_adapter", "03_finetuning:test_add_adapters",
+                 "03_finetuning:concept_adapter_merge"],
+    "QLoRA": ["03_finetuning:concept_qlora"],
+    "model families (MLM, CLM, seq2seq) and their use cases": ["01_attention:concept_objective",
+                                                               "01_attention:concept_families"],
+    "the RL vocabulary (agent, environment, action, reward, policy)": ["04_rlhf:concept_rl_vocabulary"],
+    "head-only vs whole-model tuning": ["03_finetuning:concept_head_tuning"],
+    "constitutional AI": ["04_rlhf:concept_constitutional_ai"],
+    "red teaming": ["04_rlhf:concept_red_teaming"],
+    "domain pre-training (BloombergGPT)": ["05_quantization:concept_domain_pretraining"],
+    "petaflop/s-days and compute budgets": ["05_quantization:concept_pf_days"],
+    "Chinchilla, over-parameterized and under-trained models": ["05_quantization:concept_chinchilla"],
+    "tokenization": ["01_attention:concept_unknown_word", "01_attention:concept_tokens_per_word"],
+    "RNN limits": ["01_attention:concept_rnn"],
+    "zero-, one- and few-shot in-context learning": ["02_sampling:concept_in_context"],
+    "prompt engineering vs prompt tuning (soft prompts)": ["02_sampling:concept_prompt_tuning", "03_finetuning:test_soft_prompt"],
+    "max new tokens and generate's settings": ["02_sampling:concept_generate_defaults"],
+    "PEFT saves memory, not compute": ["03_finetuning:concept_peft_cost"],
+    "reward hacking and the KL penalty": ["04_rlhf:concept_reward_hacking", "04_rlhf:test_kl_penalized_rewards"],
+    "quantization methods (LLM.int8(), GPTQ, AWQ, QLoRA)": ["05_quantization:concept_quant_methods"],
+    "distillation": ["05_quantization:test_distillation_soft", "05_quantization:concept_distillation"],
+    # taught by code exercises
+    "instruction fine-tuning with prompt-completion pairs (-100 labels)": ["03_finetuning:test_instruction_batch"],
+    "PPO returns and advantages (GAE)": ["04_rlhf:test_gae_advantages", "04_rlhf:test_gae_padding"],
+    "a KL penalty over a padded batch": ["04_rlhf:test_masked_kl_rewards", "04_rlhf:test_sequence_kl"],
+    "self-attention, encoder/decoder masks, multi-head": ["01_attention:test_sdpa_mask", "01_attention:test_causal_mask",
+                                                         "01_attention:test_split_heads"],
+    "greedy vs random sampling, temperature, top-k, top-p": ["02_sampling:test_sample_distribution",
+                                                             "02_sampling:concept_temperature_top_p"],
+    "ROUGE and BLEU": ["03_finetuning:test_rouge_n", "03_finetuning:test_rouge_l", "03_finetuning:test_bleu"],
+    "LoRA": ["03_finetuning:test_lora_forward", "03_finetuning:test_lora_merge"],
+    "rankings to pairwise data, the reward model": ["04_rlhf:test_rankings_to_pairs", "04_rlhf:test_pairwise_reward_loss"],
+    "PPO's clipped objective": ["04_rlhf:test_ppo_clipped_loss"],
+    "memory of a model (1B parameters = 4 GB)": ["05_quantization:test_memory_inference", "05_quantization:test_memory_training"],
+    "quantization, pruning": ["05_quantization:test_absmax_per_tensor", "05_quantization:test_magnitude_prune"],
+    "DDP, FSDP, ZeRO": ["05_quantization:test_zero_memory"],
+}
+
+
+def test_every_seed_concept_is_checked_by_a_graded_cell():
+    graded = {f"{p.parent.name}:{c.metadata['nbgrader']['grade_id']}" for p in SOURCES
+              for c in nbformat.read(p, as_version=4).cells if c.metadata.get("nbgrader", {}).get("grade")}
+    missing = {concept: [g for g in ids if g not in graded] for concept, ids in SEED_CONCEPT_CHECKS.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    assert not missing, f"seed concepts whose graded cells are gone: {missing}"
+    questions = {g for g in graded if g.split(":")[1].startswith(CONCEPT_PREFIX)}
+    unlisted = questions - {g for ids in SEED_CONCEPT_CHECKS.values() for g in ids}
+    assert not unlisted, f"concept questions not mapped to a seed concept here: {sorted(unlisted)}"
+
+
+def test_the_heading_walk_sees_points_numbers_and_stray_cells(tmp_path: Path):
+    """The walk the heading tests rely on: it reads questions and exercises apart, and sees a wrong count."""
+    from tools.nbauthor import md, solution, tests, write
+
+    path = write(tmp_path / "x.ipynb", [
+        md("### ✏️ Exercise 1 — f (2 points)"), solution("f", "### BEGIN SOLUTION\nf = 1\n### END SOLUTION"),
+        tests("test_f", 1, '"""f."""\nassert f'),
+        md("### ❓ Question 1 — q (1 point)"), solution("concept_q_answer", "### BEGIN SOLUTION\nanswer_q = 'a'\n### END SOLUTION"),
+        tests("concept_q", 1, '"""q."""\nassert answer_q'),
+        md("## Next section"), tests("stray", 1, '"""stray."""\npass'),
+    ])
+    found = _graded_sections(path)
+    assert found["exercise"] == [[1, 2, 1, ["test_f"]]]
+    assert found["question"] == [[1, 1, 1, ["concept_q"]]]
+    assert found["outside"] == ["stray"]
+    bad = write(tmp_path / "y.ipynb", [md("### ❓ Question 1: q (1 point)")])
+    with pytest.raises(AssertionError, match="house form"):
+        _graded_sections(bad)
