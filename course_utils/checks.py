@@ -202,3 +202,117 @@ def expect_unchanged(before: Any, after: Any, *, what: str, hint: str | None = N
     if not torch.equal(as_tensor(before), as_tensor(after)):
         fail(what, expected=before, got=after,
              hint=hint or "work on a copy (e.g. `x = x.clone()` or out-of-place ops), never modify the input.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Concept questions: the answer is a plain value in a code cell (``answer_q3 = "b"``). The visible check
+# only looks at its form; the hidden check compares it with the key and, when it is wrong, explains the
+# misconception that answer shows, without printing the key.
+
+
+def _choice_text(options: Sequence[str]) -> str:
+    quoted = [repr(o) for o in options]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _normal_choice(value: Any) -> Any:
+    return value.strip().lower() if type(value) is str else value
+
+
+def expect_choice(answer: Any, options: Sequence[str], *, what: str) -> None:
+    """A multiple-choice answer has the right form: one of ``options`` (a string such as ``"b"``).
+
+    ``options`` is a sequence of strings (``"abcd"`` means ``"a"``, ``"b"``, ``"c"``, ``"d"``). Upper case and
+    surrounding spaces are forgiven; anything else is said plainly, without judging the choice itself.
+    """
+    allowed = [str(o).lower() for o in options]
+    value = None if answer is Ellipsis else plain(answer, what=what)
+    if value is None:
+        fail(f"{what} is not answered yet", got=value,
+             hint=f"replace it with your choice: {_choice_text(allowed)} (a string, in quotes).", show=("got",))
+    if type(value) is not str:
+        fail(f"{what} should be one letter in quotes", got=value,
+             hint=f"write the letter as a string, e.g. {what.split()[0]} = {allowed[0]!r}; the options are "
+                  f"{_choice_text(allowed)}.", show=("got",))
+    if _normal_choice(value) not in allowed:
+        fail(f"{what} is not one of the options", got=value,
+             hint=f"answer with exactly one of {_choice_text(allowed)}.", show=("got",))
+
+
+def expect_numeric(answer: Any, *, what: str, unit: str | None = None) -> None:
+    """A numeric answer has the right form: a finite int or float (not a string, not a bool)."""
+    value = None if answer is Ellipsis else plain(answer, what=what)
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    unit_text = f" in {unit}" if unit else ""
+    if value is None:
+        fail(f"{what} is not answered yet", got=value, hint=f"replace it with a number{unit_text}.", show=("got",))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = f"write a number{unit_text}, e.g. 3.5e9 or 12 (no quotes, no units in the value)."
+        fail(f"{what} should be a number", got=value, hint=hint, show=("got",))
+    if not math.isfinite(value):
+        fail(f"{what} should be a finite number", got=value, hint=f"a finite number{unit_text}.", show=("got",))
+
+
+def expect_mapping(answer: Any, keys: Sequence[str], values: Sequence[str], *, what: str) -> None:
+    """A matching answer has the right form: a dict with exactly ``keys``, each mapped to one of ``values``."""
+    value = plain(answer, what=what)
+    if type(value) is not dict:
+        fail(f"{what} should be a dict", got=value,
+             hint=f"a dict {{key: choice}} with the keys {_choice_text(list(keys))}.", show=("got",))
+    missing = [k for k in keys if k not in value]
+    extra = [k for k in value if k not in keys]
+    if missing or extra:
+        fail(f"{what} should have exactly the keys given", got=sorted(map(str, value)),
+             hint=(f"missing {missing}; " if missing else "") + (f"unexpected {extra}; " if extra else "")
+             + "keep the keys of the cell as they are and fill in the values.", show=("got",))
+    allowed = [str(v).lower() for v in values]
+    for k in keys:
+        v = value[k]
+        if v is None:
+            fail(f"{what}[{k!r}] is not answered yet", got=v, hint=f"one of {_choice_text(allowed)}.", show=("got",))
+        if type(v) is not str or _normal_choice(v) not in allowed:
+            fail(f"{what}[{k!r}] is not one of the options", got=v,
+                 hint=f"answer with exactly one of {_choice_text(allowed)} (a string).", show=("got",))
+
+
+def expect_answer(answer: Any, key: Any, *, what: str, explain: dict | None = None, otherwise: str | None = None,
+                  rel: float = 0.02) -> None:
+    """A concept question's answer equals ``key``; a wrong answer fails with the misconception it shows.
+
+    * a string key (multiple choice): compared without case or surrounding spaces; ``explain`` maps each
+      wrong option to what choosing it suggests;
+    * a number key: equal within ``rel`` (relative); ``explain`` maps typical wrong values (compared with
+      the same tolerance) to the mistake that gives them;
+    * a dict key (matching): every entry must match; ``explain`` maps ``(key, wrong value)`` to a message.
+
+    The key itself is never printed (the failure message reaches the learner's feedback): only the answer
+    given and why it is wrong. ``otherwise`` is the explanation for a wrong answer ``explain`` does not list.
+    """
+    explain = explain or {}
+    value = plain(answer, what=what)
+    fallback = otherwise or "not this one: reread the section above and try again."
+    if isinstance(key, str):
+        if _normal_choice(value) != key.lower():
+            fail(f"{what}: not the right choice", got=value,
+                 hint=explain.get(_normal_choice(value), fallback), show=("got",))
+    elif isinstance(key, (int, float)) and not isinstance(key, bool):
+        while isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"{what} should be a number", got=value, hint=fallback, show=("got",))
+        if not math.isclose(float(value), float(key), rel_tol=rel, abs_tol=0.0):
+            hint = next((text for wrong, text in explain.items()
+                         if math.isclose(float(value), float(wrong), rel_tol=rel, abs_tol=0.0)), fallback)
+            fail(f"{what}: not the right value", got=value, hint=hint, show=("got",))
+    elif isinstance(key, dict):
+        if type(value) is not dict:
+            fail(f"{what} should be a dict", got=value, hint=fallback, show=("got",))
+        wrong = [(k, value.get(k)) for k in key if _normal_choice(value.get(k)) != str(key[k]).lower()]
+        if wrong:
+            k, v = wrong[0]
+            hint = explain.get((k, _normal_choice(v)), explain.get(k, fallback))
+            fail(f"{what}: {len(wrong)} of {len(key)} matched wrongly, among them {k!r}", got=v, hint=hint,
+                 show=("got",))
+    else:  # pragma: no cover - a mistake in the test cell, not in the answer
+        raise TypeError(f"expect_answer: unsupported key type {type(key).__name__}")

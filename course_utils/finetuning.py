@@ -81,6 +81,11 @@ def linear_shape(layer: nn.Module) -> tuple[int, int, bool]:
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (elements with ``requires_grad``), a shared (tied) tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)  # parameters() yields a shared tensor once
+
+
 def causal_lm_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The model's own next-token cross-entropy over the positions whose label is not -100."""
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss

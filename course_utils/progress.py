@@ -155,7 +155,7 @@ def flashcard_lines(progress_file: str | None, today: date | None = None) -> lis
         total_due += row["due"]
         lines.append(f"  {row['topic']:<14} {row['cards']:>5} {row['seen']:>5} {row['due']:>5} {row['new']:>5} "
                      f"{row['done_today']:>11}  {row['next_due'] or '-'}")
-    lines.append(f"  {total_due} card(s) due today: review them with `review()` in 00_review, "
+    lines.append(f"  {total_due} card(s) due today: review them with `review()` in 99_review, "
                  "or `review(\"<deck>\")` at the end of a notebook.")
     return lines
 

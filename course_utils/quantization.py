@@ -320,3 +320,11 @@ def chinchilla_loss(n_params: Any, n_tokens: Any) -> Any:
 def training_flops(n_params: float, n_tokens: float) -> float:
     """C ~ 6 N D: ~2 FLOPs per parameter per token forward, ~4 backward."""
     return 6.0 * n_params * n_tokens
+
+
+def compute_optimal(compute_flops: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
+    """Chinchilla's rule of thumb: ``(n_params, n_tokens)`` spending ``compute_flops`` with C = 6 N D, D = r N."""
+    if not compute_flops > 0:
+        raise ValueError(f"compute_flops must be positive, got {compute_flops!r}")
+    n_params = (compute_flops / (6.0 * tokens_per_param)) ** 0.5
+    return n_params, tokens_per_param * n_params

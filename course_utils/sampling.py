@@ -1,9 +1,9 @@
 """Demos and scaffolding for the sampling notebook: next-token distributions, a generation loop, few-shot scoring.
 
 Nothing here answers an exercise: learners write ``softmax_with_temperature``, ``top_k_filter``,
-``top_p_filter``, ``sample_next_token`` and ``build_few_shot_prompt`` themselves. This module gets logits
-out of the bundled model, runs a decoding loop around *their* sampling function, and scores *their*
-few-shot prompts, so the notebook can stay about ideas.
+``top_p_filter`` and ``sample_next_token`` themselves. This module gets logits out of the bundled model,
+runs a decoding loop around *their* sampling function, and builds and scores few-shot prompts, so the
+notebook can stay about ideas.
 
     >>> from course_utils.models import load_model
     >>> from course_utils.sampling import next_token_logits, generate_with
@@ -193,6 +193,25 @@ def review_pairs(seed: int, n: int) -> list[tuple[str, str]]:
     return [(r.text, r.label) for r in world.reviews(seed, n)]
 
 
+def few_shot_prompt(examples: Sequence[tuple[str, str]], query: str, k: int,
+                    label_words: tuple[str, str] = ("positive", "negative")) -> str:
+    """The k-shot prompt in the format of the pre-training review pages: the first ``k`` examples, then the query.
+
+    Each ``(text, label)`` example (label ``"positive"`` or ``"negative"``) becomes ``"Review: <text>\\nSentiment:
+    <word>"`` with ``label_words[0]`` for positive and ``label_words[1]`` for negative; the query block ends with
+    ``"Sentiment:"`` (the label word's token carries its own leading space); blocks are joined by an empty line.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(examples):
+        raise ValueError(f"k must be an int from 0 to len(examples) = {len(examples)}, got {k!r}")
+    blocks = []
+    for text, label in list(examples)[:k]:
+        if label not in ("positive", "negative"):
+            raise ValueError(f"labels must be 'positive' or 'negative', got {label!r}")
+        blocks.append(f"Review: {text}\nSentiment: {label_words[0] if label == 'positive' else label_words[1]}")
+    blocks.append(f"Review: {query}\nSentiment:")
+    return "\n\n".join(blocks)
+
+
 def label_word_ids(tokenizer: Any, label_words: tuple[str, str]) -> tuple[int, int]:
     """The token ids of `` word`` (with its leading space) for both label words; each must be one token."""
     ids = []
@@ -328,7 +347,7 @@ class FewShotResult:
 def few_shot_eval(model: Any, tokenizer: Any, build_prompt: Callable[..., str], ks: Sequence[int] = (0, 1, 2, 4),
                   *, n: int = 100, n_sets: int = 4, label_words: tuple[str, str] = ("positive", "negative"),
                   name: str = "model", overflow: str = "truncate", seed: int = 0) -> list[FewShotResult]:
-    """Score ``build_prompt(examples, query, k)`` (your ``build_few_shot_prompt``) for each k.
+    """Score ``build_prompt(examples, query, k)`` (e.g. :func:`few_shot_prompt`) for each k.
 
     Queries: ``n`` held-out reviews (``world.HELD_OUT_SEED``, balanced), split over ``n_sets`` sets of examples
     drawn from reviews of :data:`EXAMPLE_SEED` (every query of a set sees the same examples, as with one

@@ -354,3 +354,14 @@ def test_needs_exercise_explains_unanswered_exercises_and_lets_real_errors_throu
     with pytest.raises(ZeroDivisionError):
         with ft.needs_exercise("SoftPrompt"):
             1 / 0
+
+
+def test_count_trainable_parameters_counts_elements_once_and_skips_frozen():
+    lin = nn.Linear(3, 4)
+    assert ft.count_trainable_parameters(lin) == 16
+    lin.weight.requires_grad_(False)
+    assert ft.count_trainable_parameters(lin) == 4
+    shared = nn.Linear(2, 2)
+    assert ft.count_trainable_parameters(nn.Sequential(shared, shared)) == 6
+    model, _ = load_model("tiny-base")
+    assert ft.count_trainable_parameters(model) == model.num_parameters(only_trainable=True)

@@ -271,3 +271,13 @@ def test_widget_rejects_bad_arguments(base, batch):
         bit_width_explorer(quantize_model, absmax, zeropoint, dequant, model=base[0], batch=batch, layer="nope")
     with pytest.raises(ValueError, match="bits"):
         bit_width_explorer(quantize_model, absmax, zeropoint, dequant, model=base[0], batch=batch, bits=12)
+
+
+def test_compute_optimal_follows_chinchillas_rule():
+    n, d = qz.compute_optimal(5.88e23)
+    assert n == pytest.approx(70e9) and d == pytest.approx(1.4e12)
+    n, d = qz.compute_optimal(1e21, tokens_per_param=10)
+    assert 6 * n * d == pytest.approx(1e21) and d / n == pytest.approx(10)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError):
+            qz.compute_optimal(bad)

@@ -318,3 +318,16 @@ def test_explorer_samples_reproducible_continuations(base):
     ex = decoding_explorer(model, tok, filter_fns={"sample": my_sample}, n_samples=2, max_new_tokens=8)
     ex.sample_button.click()
     assert len(set(ex.samples)) == 1 and "your" in ex.continuations.value
+
+
+def test_few_shot_prompt_has_the_review_page_format():
+    examples = [("Great lamp.", "positive"), ("It broke.", "negative"), ("Nice mug.", "positive")]
+    assert sampling.few_shot_prompt(examples, "The box is bad.", 0) == "Review: The box is bad.\nSentiment:"
+    assert sampling.few_shot_prompt(examples, "Q.", 2, label_words=("good", "bad")) == (
+        "Review: Great lamp.\nSentiment: good\n\nReview: It broke.\nSentiment: bad\n\nReview: Q.\nSentiment:")
+    assert sampling.few_shot_prompt(tuple(examples), "Q.", 1).startswith("Review: Great lamp.\nSentiment: positive\n\n")
+    for bad_k in (-1, 4, 1.5):
+        with pytest.raises(ValueError):
+            sampling.few_shot_prompt(examples, "Q.", bad_k)
+    with pytest.raises(ValueError, match="neutral"):
+        sampling.few_shot_prompt([("Meh.", "neutral")], "Q.", 1)

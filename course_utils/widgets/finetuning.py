@@ -2,7 +2,7 @@
 
     >>> from course_utils.widgets.finetuning import lora_rank_explorer
     >>> w = lora_rank_explorer(model)                       # counts from the layer shapes
-    >>> w = lora_rank_explorer(model, inject_fn=inject_lora, count_fn=count_trainable_parameters)
+    >>> w = lora_rank_explorer(model, inject_fn=inject_lora, count_fn=ft.count_trainable_parameters)
     >>> w.rank.value = 16; w.state["trainable"]              # tests drive it headlessly
 
 Quality comes from the cached sweep (``python -m course_utils.finetuning --sweep``): ROUGE-L on held-out
@@ -162,7 +162,7 @@ def lora_rank_explorer(model: nn.Module | None = None, sweep: dict[str, Any] | N
                        alpha_over_r: float = 2.0) -> LoRARankExplorer:
     """Build the widget. ``model`` defaults to the bundled tiny-base; ``sweep`` to the cached sweep (if any).
 
-    Pass your own ``inject_fn=inject_lora`` and ``count_fn=count_trainable_parameters`` to count with them
+    Pass your own ``inject_fn=inject_lora`` (and ``count_fn=ft.count_trainable_parameters``) to count with them
     (on a copy of the model); without them the count comes from the layer shapes, r x (in + out) per layer.
     """
     if model is None:
