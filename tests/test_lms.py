@@ -148,7 +148,7 @@ def test_collect_builds_the_autograde_layout_and_keeps_every_attempt(tmp_path, r
 
     # nothing was written outside OUT, and OUT is what `course autograde` reads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roster.csv", "submissions", "submissions.zip"]
-    from course_utils.submissions import discover
+    from course_utils.grader.submissions import discover
 
     found, warnings = discover(out, set(ASSIGNMENTS))
     assert [(s, a) for s, a, _ in found] == [("bsmith", "01_attention"), ("clee", "02_sampling"),
@@ -372,8 +372,8 @@ def test_cli_collect(course, canvas_zip, capsys):
 
 
 def test_cli_grades_canvas(course, capsys):
-    from course_utils.autograde import Record
-    from course_utils.grading import Workspace
+    from course_utils.grader.autograde import Record
+    from course_utils.grader.workspace import Workspace
 
     ws = Workspace.at(course)
     Record("jdoe", "01_attention", score=5.0, max_score=5.0, graded_at="2026-01-01T00:00:00Z").save(ws)
