@@ -353,3 +353,44 @@ def plan(cells: Iterable[Any]) -> Plan:
         judge_cells |= needed
         tests.append(test)
     return Plan(cells, tests, sorted(judge_cells), {i: sorted(n) for i, n in cell_names.items()})
+
+
+_DYNAMIC_NAMES = {"globals", "locals", "vars", "eval", "exec", "get_ipython", "__builtins__", "__import__"}
+
+
+def kernel_locked_cells(source_cells: Iterable[Any], student_sources: Iterable[str]) -> set[str] | None:
+    """Grade ids of the locked cells the student's own code needs in the kernel (the cells that bind or change
+    the names it reads, transitively); None when the code reaches names dynamically (``globals()``, ``eval``)
+    and every locked cell must run. While grading, the other locked cells (demos) run only in the judge, if a
+    test needs them, or not at all."""
+    cells_ = [dict(cell_type=c.get("cell_type"), source=source_of(c), metadata=dict(c.get("metadata", {})))
+              for c in source_cells]
+    locked = [(i, c) for i, c in enumerate(cells_) if c["cell_type"] == "code" and is_locked_code(c)]
+    analyses = {i: analyse(c["source"]) for i, c in locked}
+    wanted: set[str] = set()
+    own: set[str] = set()
+    for source in student_sources:
+        try:
+            names = analyse(source)
+        except (RecursionError, ValueError, MemoryError):
+            return None
+        if names.reads & _DYNAMIC_NAMES or "sys" in names.reads and "modules" in source:
+            return None
+        wanted |= names.reads
+        own |= names.binds
+    wanted -= own      # the student's own functions are defined by the student's cells
+    imported = {n for names in analyses.values() for n in names.imports}
+    needed: set[int] = set()
+    todo = list(wanted)
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for i, names in analyses.items():
+            if name in names.binds or (name not in imported and name in names.changes):
+                if i not in needed:
+                    needed.add(i)
+                    todo.extend(names.reads)
+    return {grade_id(cells_[i]) or f"#{i}" for i in needed}

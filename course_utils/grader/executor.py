@@ -40,6 +40,8 @@ class JudgeExecute(NbGraderPreprocessor):
     stderr_fails_tests = Bool(False, help="nbgrader's rule: a test that writes to stderr scores 0").tag(config=True)
     start_attempts = Integer(3, help="tries to start the kernel (a start failure runs no student code)"
                              ).tag(config=True)
+    run_all_cells = Bool(False, help="also run, in the kernel, the instructor's demo cells that no student code "
+                         "needs (slower; only for their outputs in the graded notebook)").tag(config=True)
     source_directory = Unicode("solutions", help="the course's source folder").tag(config=True)
     report_directory = Unicode("", help="where the per-notebook reports go (default: 'integrity' next to the "
                                "gradebook)").tag(config=True)
@@ -49,7 +51,8 @@ class JudgeExecute(NbGraderPreprocessor):
                               notebook_timeout=self.notebook_timeout, startup_timeout=self.startup_timeout,
                               interrupt_grace=self.interrupt_grace, max_output_bytes=self.max_output_bytes,
                               sandbox=self.sandbox, memory_mb=self.memory_mb,
-                              stderr_fails_tests=self.stderr_fails_tests, start_attempts=self.start_attempts)
+                              stderr_fails_tests=self.stderr_fails_tests, start_attempts=self.start_attempts,
+                              run_all_cells=self.run_all_cells)
 
     def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
         info = resources.get("nbgrader", {})

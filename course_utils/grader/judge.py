@@ -65,6 +65,7 @@ class Settings:
     memory_mb: int = _DEFAULT_MEMORY_MB
     stderr_fails_tests: bool = False
     start_attempts: int = 3
+    run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
 
 
 @dataclass
@@ -407,6 +408,11 @@ class _Run:
         student_code_ran = False
         judge_done: set[int] = set()
         locked_positions = {cells.grade_id(c): i for i, c in enumerate(self.plan.cells) if cells.grade_id(c)}
+        student_sources = [c.source for c in self.nb.cells if c.cell_type == "code" and not cells.is_locked_code(c)
+                           and not cells.is_test_cell(c)]
+        kernel_needs = None if self.settings.run_all_cells else \
+            cells.kernel_locked_cells(self.plan.cells, student_sources)
+        skipped = 0
         for index, cell in enumerate(self.nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -431,9 +437,16 @@ class _Run:
                     self._judge_locked_soon(position)
             if self.dead is not None:
                 continue
+            if locked and kernel_needs is not None and gid not in kernel_needs:
+                skipped += 1
+                cell.outputs = [_stream("[not run while grading: no code of the student's needs this cell]\n")]
+                continue
             student_code_ran = student_code_ran or not locked
             await self._execute(cell, index, student_code_ran)
         await self._drain()
+        if skipped:
+            self._note(f"{skipped} of the instructor's demo cells were not run in the kernel (no student code "
+                       "needs them; the tests that do run them in the judge)")
 
     async def _catch_up(self, done: set[int], upto: int) -> None:
         """Queue the judge's cells before source position ``upto`` and wait for the queue."""
@@ -571,7 +584,7 @@ class _Run:
         output: list[str] = []
         size = 0
         last_alive_check = time.monotonic()
-        while reply is None or not idle:
+        while reply is None:
             try:
                 incoming = await kc.iopub_channel.get_msg(timeout=0.25)
             except Empty:
@@ -587,8 +600,8 @@ class _Run:
                     text = _as_text(kind, content)[: MAX_TEST_OUTPUT - size]
                     size += len(text)
                     output.append(text)
-            if reply is not None and idle:
-                break
+            if reply is not None:
+                break          # the oracle flushes stdout before it answers: the output is complete
             if idle and reply is None:
                 raise proxy.KernelGone("the kernel finished the request without answering it (its oracle was "
                                        "replaced or broken by the submission)")

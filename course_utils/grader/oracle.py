@@ -18,7 +18,7 @@ Requests (``op``)::
     backward(record, grads)      input gradients of a recorded call, given its outputs' gradients
     iter(h) / next(h, n) (up to n items) / len(h) / bool(h) / repr(h) / str(h) / contains(h, item) / isinstance(h, cls)
     value(h)                     the object behind h as data, or an error if it is not data
-    release(ids)                 forget handles and records
+    release(ids)                 forget handles and records (any request may also carry ``release``)
 """
 
 from __future__ import annotations
@@ -55,7 +55,17 @@ class Oracle:
             self.known[id(value)] = hid
         cls = value if isinstance(value, type) else type(value)
         info = {"mro": wire.type_names(cls), "callable": callable(value), "class": isinstance(value, type)}
+        if not isinstance(value, type):   # the classes of its MRO as handles: isinstance() is then answered locally
+            info["mro_ids"] = [self._class_id(klass) for klass in getattr(cls, "__mro__", (cls,))[:64]]
         return {"$h": [hid, info]}
+
+    def _class_id(self, klass: type) -> int:
+        hid = self.known.get(id(klass))
+        if hid is None or self.objects.get(hid) is not klass:
+            hid = next(self.ids)
+            self.objects[hid] = klass
+            self.known[id(klass)] = hid
+        return hid
 
     def by_value(self, value: Any, encoder: wire.Encoder) -> Any:
         """Containers and tensors as data; tensors carrying an autograd graph, and non-data, as handles."""
@@ -121,6 +131,7 @@ class Oracle:
                                                     "tb": text[-MAX_REPR:]}}, []
 
     def _dispatch(self, req: dict, buffers: list, enc: wire.Encoder) -> Any:
+        self._release(req.get("release") or [])
         op = req.get("op")
         arg = lambda key: self.decode(req.get(key), buffers)  # noqa: E731
         obj = lambda: self.objects[req["h"]]  # noqa: E731
@@ -176,13 +187,16 @@ class Oracle:
             except wire.WireError as err:
                 raise TypeError(f"not plain data: {err}") from None
         if op == "release":
-            for hid in req.get("ids", []):
-                gone = self.objects.pop(hid, None)
-                if gone is not None and self.known.get(id(gone)) == hid:
-                    del self.known[id(gone)]
-                self.records.pop(hid, None)
+            self._release(req.get("ids") or [])
             return None
         raise ValueError(f"unknown request {op!r}")
+
+    def _release(self, ids: list) -> None:
+        for hid in ids if isinstance(ids, list) else []:
+            gone = self.objects.pop(hid, None)
+            if gone is not None and self.known.get(id(gone)) == hid:
+                del self.known[id(gone)]
+            self.records.pop(hid, None)
 
     def _recorded_call(self, fn: Any, args: Any, kwargs: Any, enc: wire.Encoder) -> Any:
         """Call with the grad-requiring tensor arguments as leaves; keep the graph for :meth:`_backward`."""

@@ -68,6 +68,7 @@ class HandleInfo:
     classes: tuple[str, ...]     # the MRO: "module.qualname" of each class
     callable: bool
     is_class: bool
+    class_ids: tuple[int, ...] = ()   # handles of the MRO's classes (for an instance): isinstance() answered here
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -327,7 +328,10 @@ def _handle_info(body: list) -> HandleInfo:
     mro = info.get("mro", [])
     if type(mro) is not list or len(mro) > 64 or not all(type(m) is str and len(m) < 300 for m in mro):
         raise WireError("bad handle type")
-    return HandleInfo(hid, tuple(mro), info.get("callable") is True, info.get("class") is True)
+    ids = info.get("mro_ids", [])
+    if type(ids) is not list or len(ids) != (len(mro) if ids else 0) or not all(type(i) is int for i in ids):
+        raise WireError("bad handle class ids")
+    return HandleInfo(hid, tuple(mro), info.get("callable") is True, info.get("class") is True, tuple(ids))
 
 
 def type_names(cls: type) -> list[str]:
