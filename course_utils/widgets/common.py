@@ -1,19 +1,21 @@
-"""Shared widget plumbing: error capture, redraw timing, static fallbacks, and the autograding switch.
+"""Shared widget plumbing: redraws with their errors and timings, static fallbacks, and the autograding switch.
 
-* :class:`Redrawer` wraps a redraw function: errors go to an ``Output``, timings to ``timings_ms``.
+* :class:`Redrawer` wraps a redraw function: errors go to an HTML widget, timings to ``timings_ms``.
 * :class:`StaticFallback` (a mixin for a widget Box) makes the widget's display bundle carry, next to the
   live widget, a static picture of what the widget shows (``text/html``, plus ``image/png`` when its picture
-  is an image). Front ends with a widget manager (JupyterLab, Notebook 7, VS Code) draw the live widget;
-  those without one (nbconvert HTML, GitHub's viewer, VS Code when widgets fail) show the picture instead of
-  an error or nothing.
+  is an image) and a one-line ``text/plain``. Front ends with a widget manager (JupyterLab, Notebook 7, VS Code)
+  draw the live widget; those without one (nbconvert HTML of a notebook saved without widget state, GitHub's
+  viewer, VS Code when widgets fail) show the picture instead of an error or nothing.
 * :func:`grading` / :class:`NotBuilt`: while nbgrader runs a notebook (``NBGRADER_EXECUTION`` set) the
   factories build nothing (no model call, no learner function, no widget): they return a :class:`NotBuilt`,
   a one-line note, so the grader has nothing to wait on.
 
-The picture is taken when the widget is displayed (the cell's value, or ``display(w)``), not re-sent on every
-change: a display update makes JupyterLab replace the live widget's view, which drops the focus of the
-slider being moved (measured in tests/test_browser.py's set-up, see docs). Display the widget again (or call
-``w.snapshot()``) to keep a picture of a later state.
+The picture is taken when the widget is displayed (the cell's value, or ``display(w)``); it is not re-sent on
+every change. Re-sending it means an ``update_display_data`` message, and JupyterLab 4.6 answers that by
+building a new view of the widget: measured in headless Chromium, the slider being moved lost its focus and
+the arrow keys stopped moving it after the first step. Display the widget again, or ``w.snapshot()``, to keep
+a picture of a later state. Building the picture costs about a millisecond, at display time only, so redraws
+stay as fast as before.
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ def grading() -> bool:
     return bool(os.environ.get(GRADING_VARIABLE))
 
 
-def error_output(height: str = "auto") -> widgets.Output:
-    """An Output for callback errors: a widget callback that raises would otherwise fail silently."""
-    return widgets.Output(layout=widgets.Layout(height=height))
+def error_output(height: str = "auto") -> widgets.HTML:
+    """Where a widget shows its redraw errors (a callback that raises would otherwise fail silently).
+
+    An HTML widget rather than an ``Output``: its text lives in the kernel too (so the static picture shows
+    it), it needs no output capture (nbclient cannot replay ``Output`` captures when it stores no widget
+    state: KeyError in nbclient's output hook), and a redraw that succeeds sends nothing at all.
+    """
+    return widgets.HTML(layout=widgets.Layout(height=height))
 
 
 def figure_output(height: str = "360px") -> widgets.Output:
@@ -46,30 +53,42 @@ def figure_output(height: str = "360px") -> widgets.Output:
 
 
 class Redrawer:
-    """Wraps a redraw function: captures its errors into ``errors`` and records how long each call took.
+    """Wraps a redraw function: shows its errors in ``errors`` and records how long each call took.
 
-    ``timings_ms`` (last 1000 calls) feeds the benchmark's redraw-latency figures.
+    ``errors`` is the HTML widget from :func:`error_output` (an ``Output`` also works). ``last_error`` is
+    the last failure as text (None after a redraw that worked); ``timings_ms`` (last 1000 calls) feeds the
+    benchmark's redraw-latency figures.
     """
 
-    def __init__(self, draw: Callable[..., Any], errors: widgets.Output) -> None:
+    def __init__(self, draw: Callable[..., Any], errors: widgets.HTML | widgets.Output) -> None:
         self.draw = draw
         self.errors = errors
         self.timings_ms: list[float] = []
         self.last_error: str | None = None
 
+    def _show(self, text: str) -> None:
+        if isinstance(self.errors, widgets.Output):
+            self.errors.clear_output()
+            if text:
+                with self.errors:
+                    print(text)
+            return
+        value = (f"<pre style='color:#b00;white-space:pre-wrap;font-size:12px;margin:2px 0'>{html.escape(text)}"
+                 "</pre>") if text else ""
+        if self.errors.value != value:  # no message to the front end when nothing changed
+            self.errors.value = value
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             result = self.draw(*args, **kwargs)
+            if self.last_error is not None or isinstance(self.errors, widgets.Output):
+                self._show("")
             self.last_error = None
-            self.errors.clear_output()
             return result
         except Exception as err:  # noqa: BLE001 - shown to the learner, never swallowed silently
             self.last_error = f"{type(err).__name__}: {err}"
-            with self.errors:
-                self.errors.clear_output()
-                print("Your function raised an error while redrawing:")
-                traceback.print_exc(limit=3)
+            self._show("Your function raised an error while redrawing:\n" + traceback.format_exc(limit=3))
             return None
         finally:
             self.timings_ms = (self.timings_ms + [(time.perf_counter() - start) * 1e3])[-1000:]
@@ -166,7 +185,8 @@ def _image_tag(w: widgets.Image) -> str:
         return ""
     style = "".join(f"{k}:{v};" for k, v in (("width", w.layout.width), ("height", w.layout.height)) if v)
     data = base64.b64encode(bytes(w.value)).decode("ascii")
-    return f"<img src='data:image/{html.escape(w.format)};base64,{data}' style='{style}max-width:100%'/>"
+    return (f"<img src='data:image/{html.escape(w.format)};base64,{data}' alt='the widget&#39;s picture' "
+            f"style='{style}max-width:100%'/>")
 
 
 def _render(w: widgets.Widget) -> str:
@@ -237,8 +257,9 @@ class StaticFallback:
     def static_html(self) -> str:
         """The static picture: a caption, the controls' values and what the widget displays, as HTML."""
         error = self._last_error()
+        shown = any(isinstance(v, Redrawer) and not isinstance(v.errors, widgets.Output) for v in vars(self).values())
         note = (f"<p style='color:#b00;font-size:12px'>The last redraw failed: {html.escape(error)}</p>"
-                if error else "")
+                if error and not shown else "")  # an HTML errors widget is already part of the picture
         caption = (f"<div style='color:#666;font-size:11px;margin-bottom:4px'>Static picture of the "
                    f"<b>{html.escape(self.static_title)}</b> as it was displayed. Its controls work in JupyterLab "
                    "or Notebook 7 (and in VS Code when widgets load).</div>")
