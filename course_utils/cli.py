@@ -128,7 +128,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     except learner.StartError as err:
         print(f"course start: {err}", file=sys.stderr)
         return 2
-    shown = os.path.relpath(report.folder) if not os.path.relpath(report.folder).startswith("..") else report.folder
+    try:
+        shown = os.path.relpath(report.folder)
+    except ValueError:  # Windows: another drive
+        shown = str(report.folder)
+    if shown.startswith(".."):
+        shown = str(report.folder)
     if report.already_started:
         print(f"{shown} is already a course folder: nothing copied, nothing changed.\n"
               f"  course start --update {shown}   add the notebooks of a newer version (your edits are kept)\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import sys
 import time
 import traceback
 from typing import Any, Callable
@@ -30,6 +31,24 @@ from typing import Any, Callable
 import ipywidgets as widgets
 
 GRADING_VARIABLE = "NBGRADER_EXECUTION"
+
+
+def _colab_widget_manager() -> None:
+    """On Google Colab, ipywidgets 8 widgets need Colab's custom widget manager: turn it on (no-op elsewhere).
+
+    Untested here (no Colab); guarded so that it can never break an import.
+    """
+    if "google.colab" not in sys.modules:
+        return
+    try:
+        from google.colab import output  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        output.enable_custom_widget_manager()
+    except Exception:  # noqa: BLE001 - an old or changed Colab: widgets then show their static pictures
+        pass
+
+
+_colab_widget_manager()
 
 
 def grading() -> bool:
