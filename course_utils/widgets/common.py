@@ -92,7 +92,7 @@ class Redrawer:
                 with self.errors:
                     print(text)
             return
-        value = (f"<pre style='color:#b00;white-space:pre-wrap;font-size:12px;margin:2px 0'>{html.escape(text)}"
+        value = (f"<pre style='color:#b00;white-space:pre-wrap;font:12px monospace;margin:2px 0'>{html.escape(text)}"
                  "</pre>") if text else ""
         if self.errors.value != value:  # no message to the front end when nothing changed
             self.errors.value = value
