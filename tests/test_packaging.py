@@ -397,6 +397,25 @@ def test_learner_path_from_the_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path
     t0 = time.monotonic()
     _check_course_lab(course, folder, env, work)
     timings["course lab"] = time.monotonic() - t0
+
+    # pip install from the repository's URL (a git+file:// URL of this clone: the same clone-and-build path
+    # as a git host's URL) carries the release of that commit
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        t0 = time.monotonic()
+        commit = head.stdout.strip()
+        _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+              f"git+file://{ROOT}@{commit}"], env, work)
+        site = Path(where[0]).parent / "student_notebooks"
+        committed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", commit, "notebooks/"],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        assert sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()) == \
+            sorted(rel[len("notebooks/"):] for rel in committed)
+        for rel in committed:
+            blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{rel}"], capture_output=True,
+                                  check=True).stdout
+            assert (site / rel[len("notebooks/"):]).read_bytes() == blob, rel
+        timings["install from the git URL"] = time.monotonic() - t0
     print("learner path on " + sys.version.split()[0] + ": " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
 
 
