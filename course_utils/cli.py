@@ -120,7 +120,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from course_utils import learner  # noqa: PLC0415
+    from course_utils import __version__, learner  # noqa: PLC0415
 
     folder = args.dir or learner.DEFAULT_DIR
     try:
@@ -140,7 +140,7 @@ def cmd_start(args: argparse.Namespace) -> int:
               f"  course lab {shown}              open it in JupyterLab")
         return 0
     verb = "Updated" if args.update else "Started the course in"
-    print(f"{verb} {shown} (llm-foundations {__import__('course_utils').__version__}):")
+    print(f"{verb} {shown} (llm-foundations {__version__}):")
     print("\n".join(report.lines()) or "  nothing to do")
     if not args.update:
         print(f"Next: course lab {shown}   (or open the folder in VS Code, or: cd {shown} && jupyter notebook)")
