@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup lab test test-fast release validate autograde feedback grades progress bench models system-deps clean-venv
+.PHONY: help setup lab test test-fast release validate autograde feedback grades progress bench models wheel system-deps clean-venv
 
 help:
 	@echo "make lab        set up if needed, then start JupyterLab on notebooks/"
@@ -24,6 +24,7 @@ help:
 	@echo "make feedback / make grades      feedback HTML / grades CSV"
 	@echo "make bench      timings and memory -> benchmarks/results.md"
 	@echo "make models     re-train the bundled tiny models (about 10 min on 2 cores)"
+	@echo "make wheel      build the installable package (dist/llm_foundations-*.whl: models, decks, student notebooks)"
 
 setup: $(STAMP)
 
@@ -70,6 +71,12 @@ bench: $(STAMP)
 
 models: $(STAMP)
 	$(BIN)/python -m course_utils.train
+
+# The learner's package: pip install dist/llm_foundations-*.whl, then `course start`. Carries the student release
+# (notebooks/), never solutions/ (setup.py refuses a release that leaks one).
+wheel: $(STAMP)
+	rm -rf build dist/llm_foundations-*.whl
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .
 
 clean-venv:
 	rm -rf $(VENV)

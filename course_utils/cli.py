@@ -1,5 +1,7 @@
-"""The ``course`` command: release, validate, autograde, feedback, grades, progress.
+"""The ``course`` command: start, lab, release, validate, autograde, feedback, grades, progress.
 
+    course start [DIR] [--update]                    copy the student notebooks to DIR (default ./llm-foundations)
+    course lab [DIR]                                 open JupyterLab on DIR
     course release [ASSIGNMENT ...] [--out DIR]      solutions/ -> notebooks/ (deterministic, no leftovers)
     course validate NOTEBOOK                         which checks fail and why (exit 1 if any)
     course autograde DIR [--force] [--timeout S]     grade DIR/<student>/<assignment>/<assignment>.ipynb
@@ -184,12 +186,68 @@ def cmd_progress(args: argparse.Namespace) -> int:
     return int(progress.run(args))
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    from course_utils import __version__, learner  # noqa: PLC0415
+
+    folder = args.dir or learner.DEFAULT_DIR
+    try:
+        report = learner.update(folder) if args.update else learner.start(folder)
+    except learner.StartError as err:
+        print(f"course start: {err}", file=sys.stderr)
+        return 2
+    try:
+        shown = os.path.relpath(report.folder)
+    except ValueError:  # Windows: another drive
+        shown = str(report.folder)
+    if shown.startswith(".."):
+        shown = str(report.folder)
+    if report.already_started:
+        print(f"{shown} is already a course folder: nothing copied, nothing changed.\n"
+              f"  course start --update {shown}   add the notebooks of a newer version (your edits are kept)\n"
+              f"  course lab {shown}              open it in JupyterLab")
+        return 0
+    verb = "Updated" if args.update else "Started the course in"
+    print(f"{verb} {shown} (llm-foundations {__version__}):")
+    print("\n".join(report.lines()) or "  nothing to do")
+    if not args.update:
+        print(f"Next: course lab {shown}   (or open the folder in VS Code, or: cd {shown} && jupyter notebook)")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from course_utils import learner  # noqa: PLC0415
+
+    try:
+        return learner.lab(args.dir, port=args.port, no_browser=args.no_browser)
+    except learner.StartError as err:
+        print(f"course lab: {err}", file=sys.stderr)
+        return 2
+
+
+def _add_learner_commands(sub: argparse._SubParsersAction) -> None:
+    """``course start`` and ``course lab``: a learner's set-up after ``pip install``."""
+    p = sub.add_parser("start", help="copy the student notebooks into a folder of your own (never overwrites)")
+    p.add_argument("dir", nargs="?", help="the folder (default: ./llm-foundations)")
+    p.add_argument("--update", action="store_true", help="add new or changed notebooks of this version; edited "
+                   "ones are kept and the new version is written beside them")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("lab", help="open JupyterLab on your course folder")
+    p.add_argument("dir", nargs="?", help="the folder (default: the current folder if it is a course folder, "
+                   "else ./llm-foundations)")
+    p.add_argument("--port", type=int, help="port for JupyterLab (default: its own choice, 8888 or next free)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser; print the URL")
+    p.set_defaults(func=cmd_lab)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="course", description="LLM Foundations: release, check and grade "
-                                     "the course notebooks.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="course", description="LLM Foundations: start the course, release, "
+                                     "check and grade the course notebooks.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="course root (default: the nearest folder above that has solutions/)")
     parser.add_argument("--workspace", help="instructor workspace (default: <root>/grading)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_learner_commands(sub)
 
     p = sub.add_parser("release", help="generate the student notebooks (notebooks/) from solutions/")
     p.add_argument("assignment", nargs="*", help="assignments to release (default: all)")

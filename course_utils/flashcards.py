@@ -24,6 +24,7 @@ import ipywidgets as widgets
 
 from course_utils.cards import TOPICS, Card, Deck, DeckError, load_deck, load_decks
 from course_utils.srs import ProgressFileError, ProgressStore, check_rating, needs_drill
+from course_utils.widgets.common import NotBuilt, StaticFallback, grading
 
 __all__ = ["review", "FlashcardWidget", "deck_summary", "select_cards", "build_queue", "to_html",
            "Card", "Deck", "DeckError", "load_deck", "load_decks", "TOPICS"]
@@ -169,10 +170,12 @@ def _source_label(card: Card) -> str:
     return f"{card.topic} · {card.notebook} · {origin}"
 
 
-class FlashcardWidget(widgets.VBox):
+class FlashcardWidget(StaticFallback, widgets.VBox):
     """Question → "Show answer" → rate 1-5 → next card. Drive it headlessly with ``show_button.click()``
     and ``rating_buttons[r].click()``; read ``current``, ``flipped``, ``queue`` and ``counts()``.
     """
+
+    static_title = "flashcards"
 
     def __init__(self, cards: Sequence[Card], store: ProgressStore, title: str,
                  today: date | None = None) -> None:
@@ -290,12 +293,15 @@ def _open_store(path: str | Path | None) -> ProgressStore:
 
 
 def review(topic: str | None = None, *, today: date | None = None, progress_file: str | Path | None = None,
-           deck_dir: str | Path | None = None) -> FlashcardWidget:
+           deck_dir: str | Path | None = None) -> FlashcardWidget | NotBuilt:
     """A flashcard widget for one topic's deck, or for everything due (``None``/``"due"``) or ``"all"``.
 
     ``progress_file`` defaults to :func:`course_utils.srs.default_progress_path`; ``today`` and
-    ``deck_dir`` are for tests.
+    ``deck_dir`` are for tests. While autograding (``NBGRADER_EXECUTION`` set) no deck or progress file is
+    read: a :class:`~course_utils.widgets.common.NotBuilt` note comes back.
     """
+    if grading():
+        return NotBuilt(FlashcardWidget.static_title)
     decks = load_decks(deck_dir)
     store = _open_store(progress_file)
     title, cards = select_cards(decks, topic, store)

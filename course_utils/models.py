@@ -11,10 +11,11 @@ An unknown name on an offline machine fails at once with a message that lists th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -67,6 +68,20 @@ def _model_class(config: Any):
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' progress bars off for a moment (in Jupyter each one is a widget left in the cell's output)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str | os.PathLike = "tiny-base", *, attn_implementation: str | None = None,
                **kwargs: Any) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` in eval mode.
@@ -94,9 +109,10 @@ def load_model(name: str | os.PathLike = "tiny-base", *, attn_implementation: st
         path = None
 
     if path is not None:
-        config = AutoConfig.from_pretrained(path)
-        model = _model_class(config).from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with _no_progress_bar():  # a local model loads in milliseconds: no progress widget in the notebook
+            config = AutoConfig.from_pretrained(path)
+            model = _model_class(config).from_pretrained(path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     else:
         model, tokenizer = _load_from_hub(source, kwargs)
     model.eval()

@@ -1,4 +1,4 @@
-"""Drive JupyterLab in headless Chromium: start a throwaway server, run a notebook, poke its widgets.
+"""Drive JupyterLab or Notebook 7 in headless Chromium: start a throwaway server, run a notebook, poke its widgets.
 
 Used by tests/test_browser.py. Nothing here touches the user's Jupyter set-up: the server gets its own HOME,
 config, data, runtime, settings and workspace folders under a temporary directory, listens on 127.0.0.1 only,
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,16 @@ _JS_OPEN = """async (path) => { const app = window.jupyterapp;
   const w = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
   app.shell.activateById(w.id);
   return w.id; }"""
+
+_JS_MAIN_NOTEBOOK = """async () => { const app = window.jupyterapp;
+  if (!app || !app.shell) return null;
+  await app.restored;
+  const w = Array.from(app.shell.widgets('main')).find(x => x.sessionContext && x.content);
+  return w ? w.id : null; }"""
+
+_JS_SAVE = """async (id) => { """ + _PANEL + """
+  await w.context.save();
+  return true; }"""
 
 _JS_CLOSE_ALL = """async () => { const app = window.jupyterapp;
   for (const w of Array.from(app.shell.widgets('main'))) {
@@ -163,14 +174,22 @@ def has_widgets(path: Path) -> bool:
                for cell in nb.cells)
 
 
+APPS = {"lab": "JupyterLab", "notebook": "Notebook 7"}
+
+
 class LabServer:
-    """A JupyterLab server on 127.0.0.1 serving ``root``, isolated from the user's own Jupyter files.
+    """A JupyterLab (``app="lab"``) or Notebook 7 (``app="notebook"``) server on 127.0.0.1 serving ``root``,
+    isolated from the user's own Jupyter files.
 
     Use as a context manager; ``url`` is the base URL. The server runs in its own process group and the whole
     group (kernels included) is terminated on exit.
     """
 
-    def __init__(self, root: Path, *, startup_timeout: float = 90.0, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *, app: str = "lab", startup_timeout: float = 90.0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        if app not in APPS:
+            raise ValueError(f"app must be one of {sorted(APPS)}, got {app!r}")
+        self.app = app
         self.root = Path(root)
         self.extra_env = dict(extra_env or {})
         self.startup_timeout = startup_timeout
@@ -220,9 +239,10 @@ class LabServer:
         return env
 
     def start(self) -> "LabServer":
-        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+        expose = "--LabApp" if self.app == "lab" else "--JupyterNotebookApp"
+        cmd = [sys.executable, "-m", "jupyter", self.app, "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                "--port-retries=0", f"--ServerApp.root_dir={self.root}", "--IdentityProvider.token=",
-               "--PasswordIdentityProvider.hashed_password=", "--LabApp.expose_app_in_browser=True",
+               "--PasswordIdentityProvider.hashed_password=", f"{expose}.expose_app_in_browser=True",
                "--ServerApp.open_browser=False"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
@@ -232,7 +252,7 @@ class LabServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"jupyter {self.app} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/api", timeout=2) as resp:
                     if resp.status == 200:
@@ -241,7 +261,7 @@ class LabServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"jupyter lab did not answer on {self.url}/api within {self.startup_timeout:.0f} s:\n"
+        raise RuntimeError(f"jupyter {self.app} did not answer on {self.url}/api within {self.startup_timeout:.0f} s:\n"
                            f"{self.log_tail()}")
 
     def log_tail(self, n: int = 40) -> str:
@@ -368,22 +388,45 @@ def close_notebooks(page: Any) -> None:
         page.evaluate(_JS_CLOSE_ALL)
 
 
-def open_and_run_all(page: Any, lab_url: str, path: str, *, run_timeout: float = 420.0,
+def open_notebook7(page: Any, url: str, path: str) -> tuple[str, float]:
+    """Load Notebook 7's page for ``path`` (one notebook per page, as a learner sees it); returns its panel id
+    and the seconds the page took to load."""
+    start = time.monotonic()
+    page.goto(f"{url}/notebooks/{urllib.parse.quote(path)}", wait_until="domcontentloaded")
+    _wait(page, _JS_LAB_READY, True, 120, "Notebook 7 to load")
+    deadline = time.monotonic() + 60
+    panel = None
+    while panel is None and time.monotonic() < deadline:
+        panel = page.evaluate(_JS_MAIN_NOTEBOOK)
+        time.sleep(0.2 if panel is None else 0)
+    if panel is None:
+        raise TimeoutError(f"Notebook 7 showed no notebook panel for {path}")
+    return panel, time.monotonic() - start
+
+
+def open_and_run_all(page: Any, lab_url: str, path: str, *, app: str = "lab", run_timeout: float = 420.0,
                      start_timeout: float = 15.0, attempts: int = 2) -> RunAll:
     """Open the notebook at ``path`` (relative to the server root), Run All, wait until it is done.
 
-    JupyterLab is loaded once per page and reused for the next notebooks (the earlier ones are closed and their
-    kernels shut down). Done = kernel idle and no cell running, three polls in a row. The first Run All after a
-    server starts can be lost (the kernel is not quite connected yet): when no cell starts within
-    ``start_timeout`` JupyterLab is reloaded and Run All sent again, once.
+    JupyterLab (``app="lab"``) is loaded once per page and reused for the next notebooks (the earlier ones are
+    closed and their kernels shut down); Notebook 7 (``app="notebook"``) loads one page per notebook, at
+    ``/notebooks/<path>``. Done = kernel idle and no cell running, three polls in a row. The first Run All after
+    a server starts can be lost (the kernel is not quite connected yet): when no cell starts within
+    ``start_timeout`` the page is reloaded and Run All sent again, once.
     """
     load_seconds = 0.0
     for attempt in range(1, attempts + 1):
-        if attempt > 1 or not _lab_loaded(page):
-            load_seconds += load_lab(page, lab_url)
-        close_notebooks(page)
-        opened = time.monotonic()
-        panel = page.evaluate(_JS_OPEN, path)
+        if app == "notebook":
+            close_notebooks(page)
+            panel, seconds = open_notebook7(page, lab_url, path)
+            load_seconds += seconds
+            opened = time.monotonic()
+        else:
+            if attempt > 1 or not _lab_loaded(page):
+                load_seconds += load_lab(page, lab_url)
+            close_notebooks(page)
+            opened = time.monotonic()
+            panel = page.evaluate(_JS_OPEN, path)
         _wait(page, _JS_READY, "ready", 120, f"{path} and its kernel to be ready", panel)
         kernel_seconds = time.monotonic() - opened
         start = time.monotonic()
@@ -468,9 +511,24 @@ def _change(page: Any, control: Any) -> str:
     if control.evaluate(readout) == before:  # already at the maximum
         page.keyboard.press("ArrowLeft")
         time.sleep(0.3)
-        if control.evaluate(readout) == before:
-            return "slider with one position: cannot change"
-    return "slider"
+    if control.evaluate(readout) != before:
+        return "slider"
+    # Notebook 7 (7.6) swallows arrow keys before the slider sees them (a window-level handler calls
+    # preventDefault), so there a learner drags the handle with the mouse: do the same.
+    handle = control.bounding_box()
+    track = control.evaluate("(el) => { const t = el.closest('.noUi-target');"
+                             " const r = t.getBoundingClientRect(); return r.width; }")
+    if handle:
+        for direction in (1, -1):
+            x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + direction * max(12.0, track * 0.35), y, steps=4)
+            page.mouse.up()
+            time.sleep(0.3)
+            if control.evaluate(readout) != before:
+                return "slider (dragged with the mouse)"
+    return "slider with one position: cannot change"
 
 
 def poke_widgets(page: Any, run: RunAll, *, max_cells: int = 6, max_controls_per_cell: int = 3,
@@ -520,6 +578,12 @@ def poke_widgets(page: Any, run: RunAll, *, max_cells: int = 6, max_controls_per
             if changed:
                 break
     return pokes
+
+
+def save_notebook(page: Any, run: RunAll) -> None:
+    """Save the notebook as the learner would (Ctrl+S): outputs included, widget state as the front end's
+    settings say (neither JupyterLab nor Notebook 7 saves it by default)."""
+    page.evaluate(_JS_SAVE, run.panel)
 
 
 def screenshot_cell(page: Any, run: RunAll, cell_index: int, path: Path, max_height: int = 2400) -> None:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # explicit Figures: no pyplot state, safe inside widget callbacks
 
 from course_utils.attention import AttentionMaps, attention_maps
-from course_utils.widgets.common import Redrawer, error_output
+from course_utils.widgets.common import NotBuilt, Redrawer, StaticFallback, error_output, grading
 
 CMAP = "viridis"
 
@@ -203,7 +203,7 @@ class _Frame:
         return buf.getvalue()
 
 
-class AttentionExplorer(widgets.VBox):
+class AttentionExplorer(StaticFallback, widgets.VBox):
     """Text box, layer and head selectors, and the selected head's attention heatmap.
 
     The model runs once per distinct text and the labelled frame is drawn once per text (both cached);
@@ -214,6 +214,7 @@ class AttentionExplorer(widgets.VBox):
     """
 
     WIDTH_PX, HEIGHT_PX = 640, 600
+    static_title = "attention explorer"
 
     def __init__(self, model: Any, tokenizer: Any, text: str, *,
                  score_fn: Callable[[Any], Any] | None = None, max_tokens: int = 64, dpi: int = 90) -> None:
@@ -274,12 +275,16 @@ class AttentionExplorer(widgets.VBox):
 
 
 def attention_explorer(model: Any, tokenizer: Any, text: str = "Tom lost a red ball. Tom was sad.", *,
-                       score_fn: Callable[[Any], Any] | None = None, max_tokens: int = 64) -> AttentionExplorer:
+                       score_fn: Callable[[Any], Any] | None = None,
+                       max_tokens: int = 64) -> AttentionExplorer | NotBuilt:
     """Build the attention explorer for ``model`` (loaded with eager attention).
 
     ``score_fn``: optional, e.g. your ``previous_token_score``: it gets one layer's maps ``(H, T, T)`` and
     returns a score per head; the selected head's score is shown above the heatmap.
+    While autograding (``NBGRADER_EXECUTION`` set) nothing is computed: a :class:`NotBuilt` note comes back.
     """
+    if grading():
+        return NotBuilt(AttentionExplorer.static_title)
     implementation = getattr(model.config, "_attn_implementation", "eager")
     if implementation != "eager":
         raise ValueError(f"the model uses attn_implementation={implementation!r}, which returns no attention "

@@ -23,7 +23,7 @@ from torch import nn
 
 from course_utils.finetuning import TARGETS, linear_shape
 from course_utils.finetuning_sweep import load_sweep
-from course_utils.widgets.common import Redrawer, error_output
+from course_utils.widgets.common import NotBuilt, Redrawer, StaticFallback, error_output, grading
 
 _COLORS = {"c_attn": "#1f77b4", "attention": "#2ca02c", "all-linear": "#d62728"}
 
@@ -89,8 +89,10 @@ def _svg_chart(sweep: dict[str, Any] | None, rank: int, target: str, width: int 
     return "".join(parts)
 
 
-class LoRARankExplorer(widgets.VBox):
+class LoRARankExplorer(StaticFallback, widgets.VBox):
     """The widget object: ``rank`` and ``target`` controls, ``readout`` HTML, ``state`` (last values shown)."""
+
+    static_title = "LoRA rank explorer"
 
     def __init__(self, model: nn.Module, sweep: dict[str, Any] | None, inject_fn: Callable | None,
                  count_fn: Callable | None, alpha_over_r: float) -> None:
@@ -159,12 +161,15 @@ class LoRARankExplorer(widgets.VBox):
 
 def lora_rank_explorer(model: nn.Module | None = None, sweep: dict[str, Any] | None = None,
                        inject_fn: Callable | None = None, count_fn: Callable | None = None,
-                       alpha_over_r: float = 2.0) -> LoRARankExplorer:
+                       alpha_over_r: float = 2.0) -> LoRARankExplorer | NotBuilt:
     """Build the widget. ``model`` defaults to the bundled tiny-base; ``sweep`` to the cached sweep (if any).
 
     Pass your own ``inject_fn=inject_lora`` (and ``count_fn=ft.count_trainable_parameters``) to count with them
     (on a copy of the model); without them the count comes from the layer shapes, r x (in + out) per layer.
+    While autograding (``NBGRADER_EXECUTION`` set) nothing is computed: a :class:`NotBuilt` note comes back.
     """
+    if grading():
+        return NotBuilt(LoRARankExplorer.static_title)
     if model is None:
         from course_utils.models import load_model
 
