@@ -29,7 +29,7 @@ def _nb(text: str) -> bytes:
 def source(tmp_path: Path, monkeypatch) -> Path:
     """A stand-in for the notebooks the package ships (``learner.shipped_dir``)."""
     src = tmp_path / "shipped"
-    for name in ("00_review", "01_attention", "02_sampling"):
+    for name in ("99_review", "01_attention", "02_sampling"):
         (src / name).mkdir(parents=True)
         (src / name / f"{name}.ipynb").write_bytes(_nb(f"# {name}, version 1"))
     (src / "01_attention" / "data.txt").write_text("a data file next to the notebook\n")
@@ -48,15 +48,15 @@ def _tree(folder: Path) -> dict[str, str]:
 def test_start_copies_every_notebook_and_records_what_it_copied(source: Path, tmp_path: Path):
     work = tmp_path / "work" / "llm-foundations"
     report = learner.start(work)
-    expected = ["00_review/00_review.ipynb", "01_attention/01_attention.ipynb", "01_attention/data.txt",
-                "02_sampling/02_sampling.ipynb"]
+    expected = ["01_attention/01_attention.ipynb", "01_attention/data.txt", "02_sampling/02_sampling.ipynb",
+                "99_review/99_review.ipynb"]
     assert report.added == expected
     for rel in expected:
         assert (work / rel).read_bytes() == (source / rel).read_bytes()
     assert not (work / "01_attention" / ".ipynb_checkpoints").exists()
     record = json.loads((work / learner.RECORD).read_text())
     assert record["version"] == course_utils.__version__ and sorted(record["files"]) == expected
-    assert (work / "00_review" / "00_review.ipynb").stat().st_mode & 0o644 == 0o644  # an ordinary file
+    assert (work / "99_review" / "99_review.ipynb").stat().st_mode & 0o644 == 0o644  # an ordinary file
 
 
 def test_start_again_changes_nothing(source: Path, tmp_path: Path):
@@ -107,7 +107,7 @@ def test_update_keeps_edits_byte_for_byte_and_puts_new_versions_beside_them(sour
     assert report.added == ["03_finetuning/03_finetuning.ipynb"]
     assert report.replaced == ["02_sampling/02_sampling.ipynb"]  # never edited: safe to bring up to date
     assert report.beside == [("01_attention/01_attention.ipynb", beside)]
-    assert report.unchanged == ["00_review/00_review.ipynb"]
+    assert report.unchanged == ["99_review/99_review.ipynb"]
     assert report.retired == ["01_attention/data.txt"]
     assert edited.read_bytes() == mine, "the learner's edited notebook changed"
     assert (work / beside).read_bytes() == (source / "01_attention" / "01_attention.ipynb").read_bytes()
@@ -133,10 +133,10 @@ def test_update_keeps_edits_byte_for_byte_and_puts_new_versions_beside_them(sour
 def test_update_of_an_edited_notebook_without_a_new_version_keeps_it(source: Path, tmp_path: Path):
     work = tmp_path / "llm-foundations"
     learner.start(work)
-    (work / "00_review" / "00_review.ipynb").write_bytes(b"edited")
+    (work / "99_review" / "99_review.ipynb").write_bytes(b"edited")
     report = learner.update(work)
-    assert report.kept == ["00_review/00_review.ipynb"] and not report.beside
-    assert (work / "00_review" / "00_review.ipynb").read_bytes() == b"edited"
+    assert report.kept == ["99_review/99_review.ipynb"] and not report.beside
+    assert (work / "99_review" / "99_review.ipynb").read_bytes() == b"edited"
 
 
 def test_update_without_a_record_treats_every_difference_as_the_learners(source: Path, tmp_path: Path):
@@ -177,10 +177,10 @@ def test_the_cli(source: Path, tmp_path: Path, monkeypatch, capsys):
     assert cli.main(["start"]) == 0
     out = capsys.readouterr().out
     assert "Started the course in llm-foundations" in out and "course lab llm-foundations" in out
-    assert (tmp_path / "llm-foundations" / "00_review" / "00_review.ipynb").is_file()
+    assert (tmp_path / "llm-foundations" / "99_review" / "99_review.ipynb").is_file()
     assert cli.main(["start"]) == 0 and "already a course folder" in capsys.readouterr().out
-    (tmp_path / "llm-foundations" / "00_review" / "00_review.ipynb").write_bytes(b"mine")
-    (source / "00_review" / "00_review.ipynb").write_bytes(_nb("v2"))
+    (tmp_path / "llm-foundations" / "99_review" / "99_review.ipynb").write_bytes(b"mine")
+    (source / "99_review" / "99_review.ipynb").write_bytes(_nb("v2"))
     assert cli.main(["start", "--update"]) == 0
     assert "the new version is beside it" in capsys.readouterr().out
     (tmp_path / "file.txt").write_text("x")
