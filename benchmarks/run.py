@@ -12,8 +12,9 @@ What is measured (docs/benchmarks.md explains each figure):
 2. widget redraw latency, measured in the kernel right after the notebook ran: every slider / dropdown /
    toggle that has an observer is set to many values (``.value = v``, which runs the redraw synchronously) and
    each assignment is timed; ``Redrawer.timings_ms`` of the course's widgets is reported next to it;
-3. autograding seconds per submission, through ``course autograde`` on a temporary workspace whose one
-   submission is the solutions (when the ``course`` command has an ``autograde`` subcommand);
+3. grading speed (benchmarks/grading.py): the cold-import floor, and ``course autograde`` of the solutions of
+   every assignment (two students) on 1 and 2 local workers and on a local Dask cluster of 1 and 2 workers:
+   seconds per notebook, its ratio to the floor, gradings per core-hour, scaling efficiency;
 4. the learners' reference implementations (taken from the solution cells of the solutions notebooks, not
    from course_utils) against the field's libraries where they overlap: speed ratio and largest difference.
 
@@ -40,6 +41,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks import grading
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 TARGETS = {
@@ -49,7 +52,7 @@ TARGETS = {
     "autograde_s": 20.0,       # a notebook under NBGRADER_EXECUTION
     "course_s": 300.0,         # all notebooks, one after the other
     "redraw_p95_ms": 100.0,    # a widget control changed -> redraw finished, in the kernel
-    "grading_floor_ratio": 3.0,  # autograding seconds per notebook / the cold-import floor, same run
+    "grading_floor_ratio": 1.0,  # autograding seconds per notebook / the cold-import floor, same run
 }
 RSS_MARK, WIDGET_MARK = "__BENCH_RSS__", "__BENCH_WIDGETS__"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -373,82 +376,7 @@ def summarize_widgets(widgets: dict | None) -> dict | None:
 # 3. Autograding through the course's own command
 
 
-FLOOR_CODE = ("import torch, transformers\nfrom course_utils.models import load_model\n"
-              "load_model('tiny-base')\n")
-
-
-def floor_bench(repeats: int = 3) -> dict:
-    """The cold-import floor: a fresh interpreter that imports torch and transformers and loads a bundled model
-    (what every graded notebook pays before any test runs). Median of ``repeats`` runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", FLOOR_CODE], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-        if proc.returncode != 0:
-            return {"status": "failed", "reason": proc.stderr.strip()[-300:]}
-        times.append(time.perf_counter() - start)
-    return {"status": "ok", "seconds": round(statistics.median(times), 2), "runs": [round(t, 2) for t in times]}
-
-
-def autograde_bench(notebooks: list[Path], timeout: float = 900) -> dict:
-    """Seconds per submission of ``course autograde`` with the solutions as one student's submission."""
-    course = Path(sys.executable).parent / "course"
-    if not course.exists():
-        found = shutil.which("course")
-        course = Path(found) if found else course
-    if not course.exists():
-        return {"status": "n/a", "reason": "the `course` command is not installed (make setup)"}
-    try:
-        helptext = subprocess.run([str(course), "autograde", "--help"], capture_output=True, text=True,
-                                  timeout=60, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return {"status": "n/a", "reason": f"`course autograde --help` failed: {err}"}
-    if helptext.returncode != 0:
-        return {"status": "n/a", "reason": "`course` has no working `autograde` subcommand yet: "
-                + (helptext.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    with tempfile.TemporaryDirectory(prefix="bench-autograde-") as tmp_name:
-        tmp = Path(tmp_name)
-        subs = tmp / "submissions" / "bench_student"
-        for nb in notebooks:
-            dest = subs / nb.parent.name
-            shutil.copytree(nb.parent, dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        env = isolated_env(tmp, autograde=False)
-        # Its own workspace (gradebook, autograded copies): the repo's grading/ folder is never touched.
-        cmd = [str(course), "--root", str(ROOT), "--workspace", str(tmp / "workspace"), "autograde",
-               str(tmp / "submissions")]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
-        seconds = time.perf_counter() - start
-        out = _ANSI.sub("", proc.stdout + proc.stderr).strip()
-        reported = re.search(r"([0-9.]+) s per submission", out)
-        result = {"submissions": len(notebooks), "seconds_total": round(seconds, 1),
-                  "seconds_per_submission": round(seconds / max(len(notebooks), 1), 1),
-                  "seconds_per_notebook": round(seconds / max(len(notebooks), 1), 2),
-                  "grader_seconds_per_submission": float(reported.group(1)) if reported else None,
-                  "summary": next((line for line in out.splitlines() if "submissions:" in line), out[-300:])}
-        scores = _autograde_scores(tmp / "workspace")
-        if scores:
-            result["scores"] = scores
-        if proc.returncode != 0:
-            return {**result, "status": "failed",
-                    "reason": f"`course autograde` exited {proc.returncode}: {result['summary'][:300]}"}
-        return {**result, "status": "ok"}
-
-
-def _autograde_scores(workspace: Path) -> dict | None:
-    """score / max score per notebook from the workspace's nbgrader gradebook (None when unreadable)."""
-    db = workspace / "gradebook.db"
-    if not db.exists():
-        return None
-    try:
-        from nbgrader.api import Gradebook
-
-        with Gradebook(f"sqlite:///{db}") as gb:
-            return {sub.assignment.name: [round(sub.score, 2), round(sub.max_score, 2)]
-                    for student in gb.students for sub in student.submissions}
-    except Exception:  # noqa: BLE001 - scores are a bonus in the report
-        return None
+# Grading speed lives in benchmarks/grading.py (the floor, local workers, Dask).
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -807,27 +735,11 @@ def render_markdown(results: dict) -> str:
               f"{_mark(c['ok'] and c['total_s'] <= t['course_s'])} (target ≤ {t['course_s']:.0f} s); "
               f"under autograding {c['total_autograde_s']:.0f} s."
               if c.get("total_s") is not None else "**Whole course**: no notebook ran."]
-    a = results.get("autograde") or {}
-    if a.get("status") in ("ok", "failed") and a.get("seconds_total") is not None:
-        per = a.get("grader_seconds_per_submission") or a["seconds_per_submission"]
-        scores = "; ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in sorted((a.get("scores") or {}).items()))
-        lines += ["", f"**Autograding** with `course autograde` (the solutions handed in as one student's "
-                      f"{a['submissions']} notebooks, sandboxed as for real submissions): {per:.1f} s per "
-                      f"submission{_mark(a['status'] == 'ok' and per <= t['autograde_s'])} "
-                      f"({a['seconds_total']:.0f} s in all, set-up included)"
-                      + (f"; scores: {scores}" if scores else "") + "."
-                      + (f" **Failed**: {a.get('reason')}" if a["status"] == "failed" else "")]
-        floor = (results.get("floor") or {}).get("seconds")
-        if a.get("floor_ratio") is not None and floor:
-            ratio = a["floor_ratio"]
-            lines += ["", f"**Grading speed against the floor**: {a['seconds_per_notebook']:.1f} s per notebook "
-                          f"(whole `course autograde` run, judge and sandbox included) = **{ratio:.2f}×** the "
-                          f"cold-import floor of {floor:.1f} s (a fresh Python importing torch and transformers and "
-                          f"loading tiny-base, median of 3, same run){_mark(ratio <= t['grading_floor_ratio'])} "
-                          f"(target ≤ {t['grading_floor_ratio']:g}×)."]
+    g = results.get("grading")
+    if g:
+        lines += [""] + grading.report(g, t["grading_floor_ratio"], _mark)
     else:
-        lines += ["", f"**Autograding** with `course autograde`: {a.get('status', 'not run')} "
-                      f"({a.get('reason', 'skipped with --no-autograde')})."]
+        lines += ["", "**Grading speed**: not measured (--no-autograde)."]
     libs = results.get("libraries") or []
     if libs:
         lines += ["", "### Reference implementations vs the field's libraries", "",
@@ -884,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="notebook name parts to keep (e.g. 02_sampling)")
     parser.add_argument("--no-autograde", action="store_true", help="skip `course autograde`")
+    parser.add_argument("--students", type=int, default=2, help="copies of the solutions graded per run (default 2)")
     parser.add_argument("--no-autograde-mode", action="store_true", help="skip the NBGRADER_EXECUTION runs")
     parser.add_argument("--no-libraries", action="store_true", help="skip the library comparisons")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md/results.json")
@@ -924,14 +837,11 @@ def main(argv: list[str] | None = None) -> int:
         "ok": all(n.get("ok") for n in normals),
     }
     if not args.no_autograde:
-        print("autograding the solutions with `course autograde` ...", flush=True)
-        results["floor"] = floor_bench()
-        results["autograde"] = autograde_bench(notebooks)
-        floor = results["floor"].get("seconds")
-        if floor and results["autograde"].get("seconds_per_notebook"):
-            results["autograde"]["floor_ratio"] = round(results["autograde"]["seconds_per_notebook"] / floor, 2)
-        print(f"  {results['autograde'].get('status')}: {results['autograde'].get('seconds_per_submission')}",
-              flush=True)
+        print("grading speed: the floor, then `course autograde` on 1 and 2 local and Dask workers ...", flush=True)
+        results["grading"] = grading.throughput(notebooks, students=args.students)
+        for name, run in results["grading"]["runs"].items():
+            print(f"  {name}: {run['per_notebook_s']} s per notebook = {run.get('floor_ratio')}x the floor "
+                  f"({results['grading']['floor'].get('seconds')} s)", flush=True)
     if not args.no_libraries:
         print("reference implementations vs libraries ...", flush=True)
         results["libraries"] = library_bench(discover(None, args.source))
