@@ -147,7 +147,7 @@ def throughput(notebooks: list[Path], students: int = 2, dask: bool = True) -> d
             else:
                 with local_dask(workers) as address:
                     run = autograde_run(subs, scheduler=address)
-            n = max(run["notebooks"], 1)
+            n = max(result["notebooks"], 1)     # every notebook handed in, graded or not
             run["per_notebook_s"] = round(run["seconds"] / n, 2)
             run["gradings_per_core_hour"] = round(3600 * n / run["seconds"] / workers, 1)
             if floor_s:
@@ -182,7 +182,7 @@ def report(result: dict, target_ratio: float, mark) -> list[str]:  # noqa: ANN00
         ratio = run.get("floor_ratio")
         ok = not run["not_full_marks"] and run["exit"] == 0
         lines.append(f"| {name.replace('-', ', ')} | {run['seconds']:.0f} s | {run['per_notebook_s']:.1f} s | "
-                     f"{ratio:.2f}×{mark(ratio is not None and ratio <= target_ratio)} | "
+                     f"{ratio:.2f}×{mark(ok and ratio is not None and ratio <= target_ratio)} | "
                      f"{run['gradings_per_core_hour']:.0f} | "
                      f"{'yes' if ok else 'NO: ' + '; '.join(run['not_full_marks'][:3]) + run['tail'][-100:]} |")
     lines += ["", f"Target: ≤ {target_ratio:g}× the floor per notebook. Scaling efficiency from 1 to 2 workers: "

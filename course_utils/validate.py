@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_utils.grader.cells import is_test_cell
+from course_utils.cells import is_test_cell
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from traitlets.config import Config
 
+from course_utils import cells
 from course_utils.grader import executor, judge, pipeline, sandbox, submissions, version
 from course_utils.grader.integrity import METADATA_KEY, Findings
 from course_utils.grader.workspace import (COURSE_ID, LogCapture, Workspace, assignments, coursedir_for,
@@ -296,7 +297,7 @@ def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: st
         findings.flag(record.review[-1])
         for cell in nb.cells:
             if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade"):
-                cell.outputs = [judge._error("GradingError", result.error[:500])]
+                cell.outputs = [cells.error_output("GradingError", result.error[:500])]
     else:
         executor.apply_result(nb, result)
         findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Integer, Unicode
 
+from course_utils.cells import is_test_cell
 from course_utils.grader import judge, version
 from course_utils.grader.integrity import METADATA_KEY, Findings
 
@@ -114,19 +114,13 @@ def apply_result(nb: NotebookNode, result: judge.Result) -> None:
         if cell.cell_type == "code":
             cell.outputs = done.get("outputs", [])
             cell.execution_count = done.get("execution_count")
-            cell.source = done.source if _is_test(cell) else cell.source
+            cell.source = done.source if is_test_cell(cell) else cell.source
     findings = _findings(nb)
     for message in result.review:
         findings.flag(message)
     for message in result.notes:
         findings.note(message)
     nb.metadata[METADATA_KEY] = findings.as_dict()
-
-
-def _is_test(cell: Any) -> bool:
-    from course_utils.grader.cells import is_test_cell  # noqa: PLC0415
-
-    return is_test_cell(cell)
 
 
 def _findings(nb: NotebookNode) -> Findings:

@@ -13,7 +13,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 
 from course_utils.grader import sanitize
 from course_utils.grader.autograde import load_records
-from course_utils.grader.cells import without_hidden_tests
+from course_utils.cells import without_hidden_tests
 from course_utils.grader.workspace import COURSE_ID, LogCapture, Workspace, coursedir_for, nbgrader_config
 
 CSV_COLUMNS = ["student_id", "assignment", "status", "score", "max_score", "percent", "flagged", "flag_reasons",

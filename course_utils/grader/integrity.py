@@ -28,7 +28,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
 from course_utils.grader import codescan
-from course_utils.grader.cells import is_test_cell
+from course_utils.cells import is_test_cell
 
 METADATA_KEY = "course_integrity"
 

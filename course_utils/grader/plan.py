@@ -1,19 +1,14 @@
-"""The cell vocabulary of the course's notebooks, and what the judge must run for each test.
-
-One place says what a cell *is*:
-
-* a **test cell** is graded code: nbgrader ``grade: true`` and not a solution (its points are all-or-nothing);
-* a **solution cell** is where the student answers (``solution: true``);
-* a **locked cell** is the instructor's read-only code or text (``locked: true``, not a test);
-* the **hidden tests** of a test cell sit between :data:`HIDDEN_BEGIN` and :data:`HIDDEN_END`.
+"""What the judge must run for each test: the static plan of a source notebook.
 
 While grading, test cells run in the judge, never in the student's kernel. :func:`plan` reads the *source*
 notebook (the instructor's, trusted) and says, for each test cell, which names are **exercise names** (their
 last binding before the test is in a solution cell: they come from the kernel, through the oracle) and which
 locked cells the judge must run itself first (those that bind or change the other names the test reads,
-transitively). The analysis is static (``symtable`` over the cell after IPython's own input transformation):
-it follows names, not values, which is why a locked cell that changes an object the tests use must do so at the
-top level (``model.eval()``, ``freeze(model)``, ``model.config.x = 1``), where it is seen.
+transitively). :func:`kernel_locked_cells` says the same for the student's code: which locked cells the kernel
+needs (the others are demos, not run in the kernel while grading). The analysis is static (``symtable`` over the
+cell after IPython's own input transformation): it follows names, not values, which is why a locked cell that
+changes an object the tests use must do so at the top level (``model.eval()``, ``freeze(model)``,
+``model.config.x = 1``), where it is seen.
 """
 
 from __future__ import annotations
@@ -24,62 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
-HIDDEN_BEGIN, HIDDEN_END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
-SOLUTION_BEGIN, SOLUTION_END = "BEGIN SOLUTION", "END SOLUTION"
-
-
-def nbgrader_meta(cell: Any) -> dict:
-    meta = cell.get("metadata", {}).get("nbgrader", {}) if hasattr(cell, "get") else {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def is_test_cell(cell: Any) -> bool:
-    """A graded, autograded cell: code, ``grade: true`` and not a (manually graded) solution."""
-    meta = nbgrader_meta(cell)
-    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
-
-
-def is_solution_cell(cell: Any) -> bool:
-    return bool(nbgrader_meta(cell).get("solution"))
-
-
-def is_locked_code(cell: Any) -> bool:
-    """The instructor's read-only code (not a test)."""
-    meta = nbgrader_meta(cell)
-    return cell.get("cell_type") == "code" and bool(meta.get("locked")) and not meta.get("grade") \
-        and not meta.get("solution")
-
-
-def grade_id(cell: Any) -> str | None:
-    value = nbgrader_meta(cell).get("grade_id")
-    return value if isinstance(value, str) else None
-
-
-def points(cell: Any) -> float:
-    try:
-        return float(nbgrader_meta(cell).get("points", 0) or 0)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def source_of(cell: Any) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
-
-
-def without_hidden_tests(source: str, placeholder: str | None = "# (hidden tests: not shown)") -> str:
-    """``source`` with every hidden-test block replaced by ``placeholder`` (or removed)."""
-    kept, hidden = [], False
-    for line in source.split("\n"):
-        if HIDDEN_BEGIN in line:
-            hidden = True
-            if placeholder is not None:
-                kept.append(line[: len(line) - len(line.lstrip())] + placeholder)
-        elif HIDDEN_END in line:
-            hidden = False
-        elif not hidden:
-            kept.append(line)
-    return "\n".join(kept)
+from course_utils.cells import grade_id, is_locked_code, is_solution_cell, is_test_cell, points, source_of
 
 
 # ------------------------------------------------------------------------------------------ static analysis

@@ -1,0 +1,467 @@
+"""The student's kernel, seen from the grading worker: started in the sandbox, run cell by cell, asked questions.
+
+:class:`KernelSession` owns one sandboxed kernel for one notebook:
+
+* it starts the kernel (:mod:`course_utils.grader.sandbox`) and, before any student code, installs the oracle
+  (:mod:`course_utils.grader.oracle`) and opens the judge's comm to it;
+* :meth:`KernelSession.execute` runs one cell; its time is charged to the sandbox's own CPU (:class:`Budget`: a
+  busy neighbour cannot make it time out; a wall-clock bound of ``wall_factor`` times the limit still ends a
+  kernel that only sleeps); an interrupt comes first, a kill when it is ignored;
+* :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
+* :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget;
+* every output type counts towards the notebook's output cap, and one message may be at most
+  :data:`MAX_MESSAGE_BYTES`.
+Findings (timeouts, a dead kernel, stray processes, truncated output) go to the session's
+:class:`~course_utils.grader.integrity.Findings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from course_utils.cells import error_output, grade_id, stream_output
+from course_utils.grader import proxy, sandbox
+from course_utils.grader.integrity import Findings
+
+ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # one message from the kernel (ZMQ drops the peer past it)
+MAX_CALL_OUTPUT = 100_000                # characters of what the student's code prints during one request
+_DEFAULT_MEMORY_MB = sandbox.Limits.memory_mb
+
+
+@dataclass
+class Settings:
+    """How a notebook is run. ``timeout`` is CPU seconds of the sandbox per cell (and per test's calls)."""
+
+    timeout: int = 60
+    wall_factor: float = 5.0
+    notebook_timeout: int = 900
+    startup_timeout: int = 120
+    interrupt_grace: int = 10
+    max_output_bytes: int = 10_000_000
+    sandbox: str = "auto"
+    memory_mb: int = _DEFAULT_MEMORY_MB
+    stderr_fails_tests: bool = False
+    start_attempts: int = 3
+    run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
+
+
+class GraderTooSlowError(RuntimeError):
+    """An instructor's cell ran out of time before any student code ran: the machine's fault, not a zero."""
+
+
+class KernelStartError(RuntimeError):
+    """The sandboxed kernel did not come up (before any of the submission's code ran)."""
+
+
+class Budget:
+    """CPU and wall-clock allowance of one cell, or of one test's calls into the kernel."""
+
+    def __init__(self, session: "KernelSession", what: str) -> None:
+        self.session, self.what = session, what
+        self.cpu_start = session.cpu_now()
+        self.wall_start = time.monotonic()
+
+    def exceeded(self) -> str | None:
+        settings = self.session.settings
+        cpu = self.session.cpu_now() - self.cpu_start
+        wall = time.monotonic() - self.wall_start
+        if cpu > settings.timeout:
+            return f"{self.what} timed out (more than {settings.timeout} s of CPU time)"
+        if wall > settings.timeout * settings.wall_factor:
+            return f"{self.what} timed out (more than {settings.timeout * settings.wall_factor:g} s)"
+        if time.monotonic() > self.session.deadline:
+            return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
+        return None
+
+
+class KernelSession:
+    """One sandboxed kernel for one notebook ``nb`` (see the module docstring)."""
+
+    def __init__(self, nb: Any, settings: Settings, mode: str, files: dict[str, bytes], findings: Findings) -> None:
+        self.nb, self.settings, self.mode, self.findings = nb, settings, mode, findings
+        self.dead: str | None = None
+        self.kernel_pid: int | None = None
+        self.uid = sandbox.sandbox_uid()
+        self.scratch = sandbox.prepare_scratch()
+        self.workdir = self.scratch / "work"
+        write_files(self.workdir, files)
+        limits = sandbox.Limits(memory_mb=settings.memory_mb)
+        self.km = _kernel_manager(mode, self.scratch, self.workdir, limits, self.uid)
+        self.client = _capped_client(nb, self.km, settings, self.workdir)
+        self.deadline = time.monotonic() + settings.notebook_timeout
+        self.comm_id = uuid.uuid4().hex
+        self.lock: asyncio.Lock | None = None
+        self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
+        self.started = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    @contextlib.asynccontextmanager
+    async def running(self):  # noqa: ANN201 - an async context manager
+        """Start the kernel and its oracle; stop and kill everything of the sandbox on the way out."""
+        self.lock = asyncio.Lock()
+        env = sandbox.kernel_env(self.scratch, {"NBGRADER_EXECUTION": "autograde"})
+        with open(self.log_path, "wb") as log:
+            try:
+                async with self.client.async_setup_kernel(cwd=str(self.workdir), env=env, stdout=log, stderr=log,
+                                                          cleanup_kc=True):
+                    self._cap_sockets()
+                    await self._bootstrap()
+                    self.started = True
+                    yield self
+            except (GraderTooSlowError, KernelStartError):
+                raise
+            except Exception as err:
+                if not self.started:
+                    tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ")
+                    raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
+                                           f"kernel log: {tail}") from err
+                raise
+            finally:
+                await self.kill()
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            tail = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace") if self.log_path.exists() else ""
+            telling = [line.strip() for line in tail.splitlines() if any(
+                w in line for w in ("Error", "Traceback", "Killed", "denied", "failed"))]
+            if telling:
+                self.findings.note("kernel log: " + " / ".join(telling[-3:])[:300])
+        self.log_path.unlink(missing_ok=True)
+        sandbox.remove_scratch(self.scratch)
+
+    def _cap_sockets(self) -> None:
+        import zmq  # noqa: PLC0415
+
+        kc = self.client.kc
+        for channel in (kc.iopub_channel, kc.shell_channel, kc.control_channel):
+            socket_ = getattr(channel, "socket", None)
+            if socket_ is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    socket_.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+
+    async def _bootstrap(self) -> None:
+        """Install the oracle (before any student code) and open the judge's comm to it."""
+        kc = self.client.kc
+        msg_id = kc.execute(ORACLE_BOOTSTRAP, silent=True, store_history=False)
+        reply = await self._shell_reply(msg_id, self.settings.startup_timeout)
+        if reply is None or reply.get("content", {}).get("status") != "ok":
+            detail = (reply or {}).get("content", {}).get("evalue", "no answer")
+            raise KernelStartError(f"the oracle could not be installed in the kernel: {detail}")
+        msg = kc.session.msg("comm_open", {"comm_id": self.comm_id, "target_name": "course-oracle", "data": {}})
+        kc.shell_channel.send(msg)
+        header, _, _ = await self._request({"op": "ping"}, [], Budget(self, "the oracle's start"))
+        if header.get("ok") != "pong":
+            raise KernelStartError("the oracle did not answer")
+
+    async def _shell_reply(self, msg_id: str, timeout: float) -> dict | None:
+        kc = self.client.kc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = await kc.shell_channel.get_msg(timeout=max(0.05, deadline - time.monotonic()))
+            except Empty:
+                return None
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return reply
+        return None
+
+    # ------------------------------------------------------------------ accounting
+
+    def root_pid(self) -> int | None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    def _processes(self) -> list[sandbox.Process]:
+        return sandbox.processes(self.root_pid(), self.uid if self.mode in ("bwrap", "setpriv") else None)
+
+    def cpu_now(self) -> float:
+        return sandbox.cpu_seconds(self._processes())
+
+    def end_strays(self) -> None:
+        """End every process of the sandbox but the kernel and its launchers: none may outlive a cell."""
+        procs = self._processes()
+        by_pid = {p.pid: p for p in procs}
+        if self.kernel_pid is None or self.kernel_pid not in by_pid:
+            self.kernel_pid = _kernel_pid(procs)
+        if self.kernel_pid is None:
+            return
+        keep = {self.kernel_pid}
+        current = by_pid.get(self.kernel_pid)
+        while current is not None and current.ppid not in keep:
+            keep.add(current.ppid)
+            current = by_pid.get(current.ppid)
+        strays = [p for p in procs if p.pid not in keep]
+        for proc in strays:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        if strays:
+            self.findings.flag(f"the submission left {len(strays)} process(es) running after a cell: ended by "
+                               "the grader")
+
+    async def end_strays_between(self) -> None:
+        """:meth:`end_strays` while no cell or request runs."""
+        assert self.lock is not None
+        async with self.lock:
+            self.end_strays()
+
+    # ------------------------------------------------------------------ cells
+
+    async def execute(self, cell: Any, index: int, student_code_ran: bool) -> None:
+        """Run one cell in the kernel, charging its time to the sandbox's CPU (see :class:`Budget`)."""
+        from nbclient.exceptions import DeadKernelError  # noqa: PLC0415 - slow import
+
+        assert self.lock is not None
+        async with self.lock:
+            budget = Budget(self, f"cell {label(cell, index)}")
+            task = asyncio.ensure_future(self.client.async_execute_cell(cell, index, store_history=True))
+            reason = None
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.25)
+                if task.done():
+                    break
+                reason = budget.exceeded()
+                if reason:
+                    if not student_code_ran and "notebook" not in reason:
+                        task.cancel()
+                        raise GraderTooSlowError(
+                            f"the instructor's cell {label(cell, index)} ran out of time ({reason}) before any "
+                            "of the student's code had run: grade again with a longer --timeout")
+                    await self._interrupt(task, reason)
+                    break
+            try:
+                await task
+            except DeadKernelError:
+                self.dead = self.dead or f"the kernel died during cell {label(cell, index)}"
+                cell.outputs.append(error_output("DeadKernelError", self.dead))
+                self.findings.flag(self.dead)
+            except asyncio.CancelledError:
+                self.dead = self.dead or f"the kernel was stopped during cell {label(cell, index)}"
+                cell.outputs.append(error_output("GradingError", self.dead))
+            except Exception as err:  # noqa: BLE001 - anything else nbclient raises: record it, stop the run
+                self.dead = f"the grader lost the kernel during cell {label(cell, index)}: {type(err).__name__}"
+                cell.outputs.append(error_output(type(err).__name__, self.dead))
+                self.findings.flag(self.dead)
+                await self.kill()
+            if reason:
+                cell.outputs.append(error_output("TimeoutError", f"{reason}: interrupted by the grader"))
+                self.findings.flag(f"cell {label(cell, index)}: {reason}")
+            if self.client.truncated:
+                self.findings.note(f"output truncated (more than {self.settings.max_output_bytes:,} bytes)")
+            if self.dead is None:
+                self.end_strays()
+
+    async def _interrupt(self, task: "asyncio.Future[Any]", reason: str) -> bool:
+        """Interrupt the kernel; True when it stops within the grace period, else it is killed."""
+        with contextlib.suppress(Exception):
+            await self.km.interrupt_kernel()
+        done, _ = await asyncio.wait({task}, timeout=self.settings.interrupt_grace)
+        if done:
+            return True
+        self.dead = f"the kernel ignored the interrupt ({reason}) and was killed"
+        self.findings.flag(self.dead)
+        await self.kill()
+        await asyncio.wait({task}, timeout=5)
+        if not task.done():
+            task.cancel()
+        return False
+
+    async def kill(self) -> None:
+        if self.km is not None and self.km.has_kernel:
+            with contextlib.suppress(Exception):
+                await self.km.shutdown_kernel(now=True)
+        with contextlib.suppress(Exception):
+            for proc in self._processes():
+                os.kill(proc.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ the oracle
+
+    async def oracle(self, header: dict, buffers: list, budget: Budget) -> proxy.Reply:
+        """One request of the judge, answered by the student's kernel (what it printed comes with the reply)."""
+        if self.dead is not None:
+            raise proxy.KernelGone(self.dead)
+        assert self.lock is not None
+        async with self.lock:
+            reply_header, reply_buffers, output = await self._request(header, buffers, budget)
+        return proxy.Reply(reply_header, reply_buffers, output)
+
+    async def _request(self, header: dict, buffers: list, budget: Budget) -> tuple[dict, list, str]:
+        kc = self.client.kc
+        msg = kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": header})
+        msg["buffers"] = buffers
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
+        reply: tuple[dict, list] | None = None
+        idle = False
+        output: list[str] = []
+        size = 0
+        last_alive_check = time.monotonic()
+        while reply is None:
+            try:
+                incoming = await kc.iopub_channel.get_msg(timeout=0.25)
+            except Empty:
+                incoming = None
+            if incoming is not None and incoming.get("parent_header", {}).get("msg_id") == msg_id:
+                kind, content = incoming.get("msg_type"), incoming.get("content", {})
+                if kind == "comm_msg" and content.get("comm_id") == self.comm_id:
+                    data = content.get("data")
+                    reply = (data if isinstance(data, dict) else {}, list(incoming.get("buffers") or []))
+                    break          # the oracle flushes stdout before it answers: the output is complete
+                if kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
+                elif kind in ("stream", "display_data", "execute_result", "error") and size < MAX_CALL_OUTPUT:
+                    text = _as_text(kind, content)[: MAX_CALL_OUTPUT - size]
+                    size += len(text)
+                    output.append(text)
+            if idle:
+                raise proxy.KernelGone("the kernel finished the request without answering it (its oracle was "
+                                       "replaced or broken by the submission)")
+            reason = budget.exceeded()
+            if reason:
+                await self._interrupt_request(msg_id, reason)
+                raise TimeoutError(f"{reason}: the call into the student's code was interrupted")
+            if time.monotonic() - last_alive_check > 1:
+                last_alive_check = time.monotonic()
+                if not await self.km.is_alive():
+                    self.dead = "the kernel died during a test's call into the student's code"
+                    self.findings.flag(self.dead)
+                    raise proxy.KernelGone(self.dead)
+        return reply[0], reply[1], "".join(output)
+
+    async def _interrupt_request(self, msg_id: str, reason: str) -> None:
+        kc = self.client.kc
+        with contextlib.suppress(Exception):
+            await self.km.interrupt_kernel()
+        deadline = time.monotonic() + self.settings.interrupt_grace
+        while time.monotonic() < deadline:
+            try:
+                incoming = await kc.iopub_channel.get_msg(timeout=0.25)
+            except Empty:
+                continue
+            if (incoming.get("parent_header", {}).get("msg_id") == msg_id and incoming.get("msg_type") == "status"
+                    and incoming.get("content", {}).get("execution_state") == "idle"):
+                self.findings.flag(f"a test's call into the student's code: {reason}")
+                return
+        self.dead = f"the kernel ignored the interrupt ({reason}) and was killed"
+        self.findings.flag(self.dead)
+        await self.kill()
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """The assignment's data files into ``folder`` (paths that would leave it are skipped)."""
+    root = folder.resolve()
+    for rel, data in files.items():
+        target = (folder / rel).resolve()
+        if root in target.parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+def label(cell: Any, index: int) -> str:
+    gid = grade_id(cell)
+    return f"{gid!r}" if gid else f"{index + 1} (a code cell)"
+
+
+def _capped_client(nb: Any, km: Any, settings: Settings, workdir: Path) -> Any:
+    """nbclient's NotebookClient with an output budget that counts every output type."""
+    from nbclient import NotebookClient  # noqa: PLC0415 - slow import
+
+    class CappedClient(NotebookClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.output_bytes = 0
+            self.truncated: set[int] = set()
+
+        def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> Any:
+            self.output_bytes += _size(msg.get("content", {}))
+            if self.output_bytes > settings.max_output_bytes:
+                if cell_index not in self.truncated:
+                    self.truncated.add(cell_index)
+                    outs.append(stream_output("\n[output truncated by the grader: too much output]\n"))
+                if msg.get("msg_type") == "error":
+                    content = msg.get("content", {})
+                    outs.append(error_output(str(content.get("ename", "Error"))[:200],
+                                             str(content.get("evalue", ""))[:2000]))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+        def on_comm_open_jupyter_widget(self, msg: dict) -> None:
+            return None   # no widget front end is emulated: a widget's outputs stay in its cell, as text
+
+    return CappedClient(nb, km=km, timeout=None, startup_timeout=settings.startup_timeout, allow_errors=True,
+                        interrupt_on_timeout=False, raise_on_iopub_timeout=False, iopub_timeout=5,
+                        record_timing=False, shutdown_kernel="immediate", store_widget_state=False,
+                        skip_cells_with_tag=f"never-skip-{uuid.uuid4().hex}",
+                        on_cell_executed=_record_silent_error, resources={"metadata": {"path": str(workdir)}})
+
+
+def _kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sandbox.Limits, uid: int) -> Any:
+    from jupyter_client.kernelspec import KernelSpec  # noqa: PLC0415
+    from jupyter_client.manager import AsyncKernelManager  # noqa: PLC0415
+    from traitlets import List, Unicode  # noqa: PLC0415
+
+    class SandboxKernelManager(AsyncKernelManager):
+        """A kernel manager whose kernel command is the sandbox command line (interrupts go by message)."""
+
+        sandbox_argv = List(Unicode())
+
+        @property
+        def kernel_spec(self) -> KernelSpec:  # type: ignore[override]
+            return KernelSpec(argv=list(self.sandbox_argv), display_name="Python 3 (grading sandbox)",
+                              language="python", interrupt_mode="message", env={}, metadata={})
+
+    return SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
+                                sandbox_argv=sandbox.kernel_argv(mode, scratch, workdir, limits, uid=uid))
+
+
+def _kernel_pid(procs: list[sandbox.Process]) -> int | None:
+    """The ipykernel process of a sandbox: the first process whose own command is ``python -m ipykernel_launcher``
+    (bubblewrap and the launcher carry that command as arguments; the kernel runs it)."""
+    for proc in sorted(procs, key=lambda p: p.pid):
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"ipykernel_launcher"]:
+            return proc.pid
+    return None
+
+
+def _size(content: Any) -> int:
+    try:
+        return len(json.dumps(content, default=str))
+    except (TypeError, ValueError):
+        return 1_000_000
+
+
+def _as_text(kind: str, content: dict) -> str:
+    if kind == "stream":
+        return str(content.get("text", ""))
+    if kind == "error":
+        return f"{content.get('ename', 'Error')}: {content.get('evalue', '')}\n"
+    data = content.get("data", {})
+    text = data.get("text/plain", "") if isinstance(data, dict) else ""
+    return (text if isinstance(text, str) else "") + "\n"
+
+
+def _record_silent_error(cell: Any, execute_reply: dict, **_: Any) -> None:
+    """An error reply without an error output (traceback display switched off) still counts as an error."""
+    content = execute_reply.get("content", {})
+    if content.get("status") == "error" and not any(o.get("output_type") == "error" for o in cell.outputs):
+        cell.outputs.append(error_output(content.get("ename", "Error"), content.get("evalue", "")
+                                         or "an error was raised while error display was switched off"))
