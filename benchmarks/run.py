@@ -247,10 +247,10 @@ def _marked(cell: Any, mark: str) -> Any:
 
 
 def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
-    """Child process: run one notebook with nbclient and write what was measured as JSON."""
+    """Child process: run one notebook with the course's runner and write what was measured as JSON."""
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    from course_utils import runner
 
     nb = nbformat.read(path, as_version=4)
     n_orig = len(nb.cells)
@@ -272,29 +272,19 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
         if cell_index == n_orig:
             peak["stop"] = True
 
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False, record_timing=False,
-                            resources={"metadata": {"path": str(cwd)}}, on_cell_start=on_cell_start)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
-    error = trace = None
-    try:
-        client.execute()
-    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-        text = _ANSI.sub("", str(err)).strip()
-        error = f"{type(err).__name__}: {text.splitlines()[-1][:400] if text else ''}"
-        trace = "\n".join(text.splitlines()[-25:])
-    except Exception as err:  # noqa: BLE001 - reported in the results, never hides the other notebooks
-        error = f"{type(err).__name__}: {err}"
-        trace = traceback.format_exc(limit=5)
+    run = runner.run_notebook(nb, cwd=cwd, mode="learner" if mode == "normal" else "grader", timeout=600,
+                              stop_on_error=True, quiet=False, on_cell_start=on_cell_start)
+    nb = run.nb
+    error = run.problem or None
     t_end = starts.get(n_orig, time.perf_counter())
     peak["stop"] = True
     failed_cell = None
     if error is not None:
         failed_cell = max((i for i in starts if i < n_orig), default=None)
-        if failed_cell is not None and failed_cell >= n_orig:
-            failed_cell = None
     code_starts = sorted(i for i in starts if i < n_orig)
     durations = []
     for k, i in enumerate(code_starts):
@@ -307,7 +297,7 @@ def execute_one(path: Path, mode: str, result_path: Path, cwd: Path) -> None:
     widgets = _marked(nb.cells[n_orig + 1], WIDGET_MARK) if error is None and mode == "normal" else None
     result = {
         "notebook": path.stem, "mode": mode, "ok": error is None, "error": error, "failed_cell": failed_cell,
-        "traceback": trace,
+        "traceback": None,
         "wall_s": round(t_end - t0, 2),
         "kernel_start_s": round(min(starts.values()) - t0, 2) if starts else None,
         "kernel_peak_rss_mb": round(rss["self_kb"] * 1024 / 1e6, 1) if rss else None,

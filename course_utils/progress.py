@@ -1,9 +1,9 @@
 """``course progress``: where a learner stands, on one screen.
 
 For each of the learner's notebooks (default ``notebooks/`` under the current directory), how many of its
-visible checks pass, and for each flashcard deck how many cards are due. Checks are counted by executing a
-**copy** of each notebook (in memory, with a temporary working directory, so the learner's file is never
-touched) and counting the graded test cells (``metadata.nbgrader.grade`` true) that ran without error.
+visible checks pass, and for each flashcard deck how many cards are due. Checks are counted by running a
+**copy** of each notebook with the course's one runner (:mod:`course_utils.runner`, the same rules as
+``course validate``: the learner's file is never touched).
 
     course progress                 # notebooks/ under the current directory
     course progress path/to/my.ipynb --timeout 60
@@ -14,16 +14,11 @@ touched) and counting the graded test cells (``metadata.nbgrader.grade`` true) t
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 BAR_WIDTH = 20
 
@@ -57,68 +52,23 @@ def find_notebooks(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-def graded_cells(nb) -> list[int]:
-    """Indices of the autograded test cells: code cells whose nbgrader metadata has grade true, solution false."""
-    out = []
-    for i, cell in enumerate(nb.cells):
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.get("cell_type") == "code" and meta.get("grade") is True and not meta.get("solution", False):
-            out.append(i)
-    return out
-
-
-def cell_passed(cell) -> bool:
-    """A graded cell passes when it ran and produced no error output."""
-    return cell.get("execution_count") is not None and not any(
-        o.get("output_type") == "error" for o in cell.get("outputs", []))
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def check_notebook(path: Path, timeout: int = 120, run: bool = True) -> NotebookResult:
-    """Count the visible checks of one notebook that pass, executing an in-memory copy of it."""
+    """Count the visible checks of one notebook that pass, running a copy of it (:mod:`course_utils.runner`:
+    the same rules as ``course validate``)."""
     import nbformat
+
+    from course_utils import cells, runner
 
     name = path.stem
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never fatal
         return NotebookResult(name, 0, problem=f"cannot be read ({type(err).__name__}: {err})")
-    graded = graded_cells(nb)
+    graded = [c for c in nb.cells if cells.is_test_cell(c)]
     if not run or not graded:
         return NotebookResult(name, len(graded))
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    problem = ""
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="course-progress-") as workdir, \
-            _environment(NBGRADER_EXECUTION="1", HF_HUB_OFFLINE="1", MPLBACKEND="agg"):
-        client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
-                                resources={"metadata": {"path": workdir}})
-        try:
-            # the kernel's own stderr (start-up warnings) would clutter the one-screen overview
-            client.execute(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except CellTimeoutError:
-            problem = f"stopped: a cell ran longer than {timeout} s"
-        except DeadKernelError:
-            problem = "stopped: the kernel died"
-        except Exception as err:  # noqa: BLE001 - a broken notebook must not stop the overview
-            problem = f"stopped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    passed = sum(cell_passed(nb.cells[i]) for i in graded)
-    return NotebookResult(name, len(graded), passed, time.perf_counter() - start, problem)
+    result = runner.run_notebook(path, timeout=timeout, mode="grader")
+    return NotebookResult(name, len(result.checks), result.passed, result.seconds, result.problem)
 
 
 def _bar(done: int, total: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import progress
+from course_utils import cells, progress
 from course_utils.srs import ProgressStore
 
 
@@ -62,7 +62,7 @@ def test_graded_cells_are_code_cells_with_grade_true():
     manual = nbformat.v4.new_code_cell("x = 1")
     manual.metadata["nbgrader"] = {"grade": True, "solution": True}  # manually graded answer: not a check
     nb.cells = [nbformat.v4.new_code_cell("1"), _graded("assert True", "a"), manual, _graded("assert 1", "b")]
-    assert progress.graded_cells(nb) == [1, 3]
+    assert [i for i, c in enumerate(nb.cells) if cells.is_test_cell(c)] == [1, 3]
 
 
 def test_counts_passing_checks_without_touching_the_notebook(tmp_path):
