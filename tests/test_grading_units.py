@@ -172,3 +172,28 @@ print(json.dumps(seen))
     assert all(v != "ok" for k, v in seen.items() if k.startswith("write")), seen
     if mode == "bwrap":
         assert seen["uid"] >= sandbox.FIRST_UID
+
+
+def test_the_regrade_key_covers_everything_that_can_change_a_grade(tmp_path: Path, monkeypatch):
+    """A tolerance changed in checks.py (or a retrained model, a topic module the tests call) is a new grader
+    version, so every submission is graded again (the old key covered only a list of grader files)."""
+    import shutil
+
+    from course_utils.grader import autograde, judge, version
+
+    package = tmp_path / "course_utils"
+    shutil.copytree(version.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    monkeypatch.setattr(version, "PACKAGE", package)
+    version.grader_version.cache_clear()
+    ws = grading.Workspace.at(ROOT, tmp_path / "ws")
+    settings = judge.Settings()
+    before = version.grader_version(), autograde.grading_key(ws, "01_attention", {"a.ipynb": "x"}, settings)
+    checks_py = package / "checks.py"
+    checks_py.write_text(checks_py.read_text().replace("atol: float = 1e-5", "atol: float = 1e-4"))
+    version.grader_version.cache_clear()
+    after = version.grader_version(), autograde.grading_key(ws, "01_attention", {"a.ipynb": "x"}, settings)
+    assert before[0] != after[0] and before[1] != after[1]
+    (package / "rlhf.py").write_text((package / "rlhf.py").read_text() + "\n# a comment is a change too\n")
+    version.grader_version.cache_clear()
+    assert version.grader_version() != after[0]
+    version.grader_version.cache_clear()
