@@ -125,38 +125,38 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
     for name in sorted({a for _, a, _ in found}):
         register(ws, name)
     records: list[Record] = []
-    pending: list[_Pending] = []
-    for student, name, folder in found:
-        try:
-            item = _prepare(ws, config, settings, student, name, folder, force, log)
-        except Exception as err:  # noqa: BLE001 - this submission's row, never the end of the run
-            record = Record(student, name, status="error", sandbox=settings.sandbox,
-                            graded_at=_now(), review=[f"could not be imported or prepared ({type(err).__name__}: "
-                                                      f"{str(err)[:300]}): fix it, then re-run autograde"])
-            _save_quietly(ws, record, log)
-            records.append(record)
-            _log_record(record, log)
-            continue
-        if isinstance(item, Record):
-            records.append(item)
-        elif not item.jobs:
-            records.append(_finalize(ws, config, item, log))
-        else:
-            pending.append(item)
-    if pending:
-        owned = workers is None
-        workers = workers or _local_workers(jobs)
-        log(f"grading {sum(len(p.jobs) for p in pending)} notebook(s) of {len(pending)} submission(s) on "
-            f"{getattr(workers, 'description', 'the workers')}")
-        try:
-            records += _run(ws, config, pending, workers, log)
-        except KeyboardInterrupt:
-            if owned:
-                workers.shutdown(cancel=True)
-            raise
-        else:
-            if owned:
-                workers.shutdown()
+    futures: dict[Future, tuple[_Pending, str]] = {}
+    owned = workers is None
+    try:
+        for student, name, folder in found:
+            try:
+                item = _prepare(ws, config, settings, student, name, folder, force, log)
+            except Exception as err:  # noqa: BLE001 - this submission's row, never the end of the run
+                record = Record(student, name, status="error", sandbox=settings.sandbox, graded_at=_now(),
+                                review=[f"could not be imported or prepared ({type(err).__name__}: "
+                                        f"{str(err)[:300]}): fix it, then re-run autograde"])
+                _save_quietly(ws, record, log)
+                records.append(record)
+                _log_record(record, log)
+                continue
+            if isinstance(item, Record):
+                records.append(item)
+            elif not item.jobs:
+                records.append(_finalize(ws, config, item, log))
+            else:
+                if workers is None:   # started at the first notebook to grade: they warm up while we prepare
+                    workers = _local_workers(jobs)
+                    log(f"grading on {workers.description}")
+                for notebook, job in item.jobs.items():
+                    futures[workers.submit(job)] = (item, notebook)
+            records += _collect(ws, config, futures, log, block=False)
+        records += _collect(ws, config, futures, log, block=True)
+    except KeyboardInterrupt:
+        if owned and workers is not None:
+            workers.shutdown(cancel=True)
+        raise
+    if owned and workers is not None:
+        workers.shutdown()
     return sorted(records, key=lambda r: (r.student, r.assignment))
 
 
@@ -223,18 +223,17 @@ def _sanitize(ws: Workspace, config: Config, student: str, name: str, notebooks:
             raise RuntimeError(f"nbgrader could not prepare the submission ({err}): {detail}") from err
 
 
-def _run(ws: Workspace, config: Config, pending: list[_Pending], workers: Any, log: Log) -> list[Record]:
-    """Stages 2 and 3: submit every job, finish each submission as soon as all its notebooks are back."""
-    futures: dict[Future, tuple[_Pending, str]] = {}
-    for item in pending:
-        for notebook, job in item.jobs.items():
-            futures[workers.submit(job)] = (item, notebook)
+def _collect(ws: Workspace, config: Config, futures: dict[Future, tuple[_Pending, str]], log: Log,
+             block: bool) -> list[Record]:
+    """Stage 3 for every submission whose notebooks are all back (all of them, with ``block``). Collected
+    futures leave ``futures``."""
     records: list[Record] = []
-    remaining = set(futures)
-    while remaining:
-        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+    while futures:
+        done, _ = wait(list(futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        if not done:
+            break
         for future in done:
-            item, notebook = futures[future]
+            item, notebook = futures.pop(future)
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - a worker that failed for good: this notebook's error

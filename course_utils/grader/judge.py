@@ -234,12 +234,28 @@ class _Run:
                 continue
             student_code_ran = student_code_ran or not locked
             began = time.perf_counter()
-            await self.session.execute(cell, index, student_code_ran)
+            if locked and kernel_needs is not None and kernel_needs[gid] != cell.source:
+                await self._execute_part(cell, index, kernel_needs[gid])
+            else:
+                await self.session.execute(cell, index, student_code_ran)
             self.timings["kernel_cells"] += time.perf_counter() - began
         await self._drain()
         if skipped:
             self.findings.note(f"{skipped} of the instructor's demo cells were not run in the kernel (no student "
                                "code needs them; the tests that do run them in the judge)")
+
+    async def _execute_part(self, cell: Any, index: int, code: str) -> None:
+        """Run only the statements of a locked cell that the student's code needs (the cell keeps its source)."""
+        source = cell.source
+        cell.source = code
+        try:
+            await self.session.execute(cell, index, student_code_ran=False)
+        finally:
+            cell.source = source
+        cell.outputs.insert(0, cells.stream_output("[while grading, only the statements of this cell that the "
+                                                   "student's code needs ran: " + ", ".join(
+                                                       line.split("=")[0].split(" import ")[-1].strip()[:40]
+                                                       for line in code.splitlines()[:6]) + "]\n"))
 
     async def _catch_up(self, done: set[int], upto: int) -> None:
         """Queue the judge's cells before source position ``upto`` and wait for the queue."""

@@ -298,15 +298,14 @@ def plan(cells: Iterable[Any]) -> Plan:
 _DYNAMIC_NAMES = {"globals", "locals", "vars", "eval", "exec", "get_ipython", "__builtins__", "__import__"}
 
 
-def kernel_locked_cells(source_cells: Iterable[Any], student_sources: Iterable[str]) -> set[str] | None:
-    """Grade ids of the locked cells the student's own code needs in the kernel (the cells that bind or change
-    the names it reads, transitively); None when the code reaches names dynamically (``globals()``, ``eval``)
-    and every locked cell must run. While grading, the other locked cells (demos) run only in the judge, if a
-    test needs them, or not at all."""
+def kernel_locked_cells(source_cells: Iterable[Any], student_sources: Iterable[str]) -> dict[str, str] | None:
+    """What of the instructor's locked cells the student's own code needs in the kernel: ``{grade id: the code to
+    run}``, where the code is the cell's top-level statements that bind or change the names the student's code
+    reads, transitively (``import torch`` and ``torch.manual_seed(0)`` of a set-up cell, not its model loading
+    or its widget imports). None when the code reaches names dynamically (``globals()``, ``eval``): then every
+    locked cell runs whole. While grading, the rest (demos) runs only in the judge, if a test needs it."""
     cells_ = [dict(cell_type=c.get("cell_type"), source=source_of(c), metadata=dict(c.get("metadata", {})))
               for c in source_cells]
-    locked = [(i, c) for i, c in enumerate(cells_) if c["cell_type"] == "code" and is_locked_code(c)]
-    analyses = {i: analyse(c["source"]) for i, c in locked}
     wanted: set[str] = set()
     own: set[str] = set()
     for source in student_sources:
@@ -319,18 +318,65 @@ def kernel_locked_cells(source_cells: Iterable[Any], student_sources: Iterable[s
         wanted |= names.reads
         own |= names.binds
     wanted -= own      # the student's own functions are defined by the student's cells
-    imported = {n for names in analyses.values() for n in names.imports}
-    needed: set[int] = set()
-    todo = list(wanted)
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
+    statements: list[tuple[int, int, _Statement]] = []
+    for i, cell in enumerate(cells_):
+        if cell["cell_type"] == "code" and is_locked_code(cell):
+            statements += [(i, k, st) for k, st in enumerate(_statements(cell["source"]))]
+    needed: set[tuple[int, int]] = set()
+    changed = True
+    while changed:
+        changed = False
+        for i, k, st in statements:
+            if (i, k) not in needed and (st.binds & wanted or st.changes & wanted):
+                needed.add((i, k))
+                wanted |= st.reads
+                changed = True
+    plan_: dict[str, str] = {}
+    for i, cell in enumerate(cells_):
+        chosen = [st for j, k, st in statements if j == i and (j, k) in needed]
+        if not chosen:
             continue
-        seen.add(name)
-        for i, names in analyses.items():
-            if name in names.binds or (name not in imported and name in names.changes):
-                if i not in needed:
-                    needed.add(i)
-                    todo.extend(names.reads)
-    return {grade_id(cells_[i]) or f"#{i}" for i in needed}
+        whole = len(chosen) == sum(1 for j, _, _ in statements if j == i)
+        plan_[grade_id(cell) or f"#{i}"] = cell["source"] if whole else "\n".join(st.code for st in chosen)
+    return plan_
+
+
+def _dotted_root(node: ast.AST) -> str | None:
+    """``a`` for a plain ``a.b.c`` (a method of a name, no call or index on the way), else None."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+@dataclass(frozen=True)
+class _Statement:
+    code: str
+    binds: frozenset[str]
+    reads: frozenset[str]
+    changes: frozenset[str]      # names a call or an assignment at its top changes (a module's settings too)
+
+
+@lru_cache(maxsize=1024)
+def _statements(source: str) -> tuple[_Statement, ...]:
+    """The top-level statements of a cell (as plain Python), with what each binds, reads and changes."""
+    code = python_source(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ()
+    out = []
+    for stmt in tree.body:
+        text = ast.unparse(stmt)
+        binds: set[str] = set()
+        reads: set[str] = set()
+        _block([stmt], binds, reads)
+        changes = set()
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            root = _dotted_root(stmt.value.func)
+            if root and root != "get_ipython":      # torch.manual_seed(0), model.eval(); not magics
+                changes.add(root)
+        elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            changes |= {n for n in (_root_name(t) for t in targets if not isinstance(t, ast.Name)) if n}
+        out.append(_Statement(text, frozenset(binds), frozenset(reads), frozenset(changes)))
+    return tuple(out)
