@@ -48,23 +48,20 @@ class Oracle:
     # ------------------------------------------------------------------ encoding helpers
 
     def handle(self, value: Any) -> dict:
+        hid = self._keep(value)
+        cls = value if isinstance(value, type) else type(value)
+        info = {"mro": wire.type_names(cls), "callable": callable(value), "class": isinstance(value, type)}
+        if not isinstance(value, type):   # the classes of its MRO as handles: isinstance() is then answered locally
+            info["mro_ids"] = [self._keep(klass) for klass in getattr(cls, "__mro__", (cls,))[:64]]
+        return {"$h": [hid, info]}
+
+    def _keep(self, value: Any) -> int:
+        """The handle id of ``value``, kept in the table (one id per object while it is held)."""
         hid = self.known.get(id(value))
         if hid is None or self.objects.get(hid) is not value:
             hid = next(self.ids)
             self.objects[hid] = value
             self.known[id(value)] = hid
-        cls = value if isinstance(value, type) else type(value)
-        info = {"mro": wire.type_names(cls), "callable": callable(value), "class": isinstance(value, type)}
-        if not isinstance(value, type):   # the classes of its MRO as handles: isinstance() is then answered locally
-            info["mro_ids"] = [self._class_id(klass) for klass in getattr(cls, "__mro__", (cls,))[:64]]
-        return {"$h": [hid, info]}
-
-    def _class_id(self, klass: type) -> int:
-        hid = self.known.get(id(klass))
-        if hid is None or self.objects.get(hid) is not klass:
-            hid = next(self.ids)
-            self.objects[hid] = klass
-            self.known[id(klass)] = hid
         return hid
 
     def by_value(self, value: Any, encoder: wire.Encoder) -> Any:
@@ -202,7 +199,7 @@ class Oracle:
         """Call with the grad-requiring tensor arguments as leaves; keep the graph for :meth:`_backward`."""
         import torch  # noqa: PLC0415
 
-        leaves = [t for t in _tensors(args) + _tensors(kwargs) if t.requires_grad]
+        leaves = [t for t in wire.tensors_in((args, kwargs), wire.is_plain_tensor) if t.requires_grad]
         with torch.enable_grad():
             out = fn(*args, **kwargs)
         outputs = [out] if wire.is_plain_tensor(out) else (
@@ -234,16 +231,6 @@ def _record_node(**fields: Any) -> dict:
 def _immutable_tuple(value: Any) -> bool:
     return type(value) is tuple and len(value) < 10_000 and all(
         type(v) in wire.IMMUTABLE_SCALARS or _immutable_tuple(v) for v in value)
-
-
-def _tensors(value: Any) -> list:
-    if wire.is_plain_tensor(value):
-        return [value]
-    if type(value) in (list, tuple):
-        return [t for v in value for t in _tensors(v)]
-    if type(value) is dict:
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 class _grad_mode:

@@ -179,7 +179,8 @@ class Remote:
 
     def call(self, hid: int, args: tuple, kwargs: dict) -> Any:
         torch = wire.torch
-        grad_inputs = [t for t in _tensors((args, kwargs)) if t.requires_grad] if torch is not None else []
+        grad_inputs = [t for t in wire.tensors_in((args, kwargs), _is_local_tensor) if t.requires_grad] \
+            if torch is not None else []
         if not grad_inputs or not torch.is_grad_enabled():
             return self.request("call", h=hid, values={"args": list(args), "kwargs": dict(kwargs)})
         sent_args, sent_kwargs = _detached((list(args), dict(kwargs)))
@@ -226,17 +227,8 @@ def _without_hooks(value: Any) -> Any:
     return clone
 
 
-def _tensors(value: Any) -> list:
-    torch = wire.torch
-    if type(value) is Handle:
-        return []
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if type(value) in (list, tuple):
-        return [t for v in value for t in _tensors(v)]
-    if type(value) is dict:
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+def _is_local_tensor(value: Any) -> bool:
+    return type(value) is not Handle and isinstance(value, wire.torch.Tensor)
 
 
 def _detached(value: Any) -> Any:

@@ -334,6 +334,18 @@ def _handle_info(body: list) -> HandleInfo:
     return HandleInfo(hid, tuple(mro), info.get("callable") is True, info.get("class") is True, tuple(ids))
 
 
+def tensors_in(value: Any, is_tensor: Callable[[Any], bool]) -> list:
+    """The tensors in an argument structure (lists, tuples, dict values), depth first, in order: the same order
+    on both sides, which is how a recorded call's gradients are matched to its inputs."""
+    if is_tensor(value):
+        return [value]
+    if type(value) in (list, tuple):
+        return [t for v in value for t in tensors_in(v, is_tensor)]
+    if type(value) is dict:
+        return [t for v in value.values() for t in tensors_in(v, is_tensor)]
+    return []
+
+
 def type_names(cls: type) -> list[str]:
     """"module.qualname" of each class in ``cls``'s MRO (as the kernel reports them)."""
     names = []
