@@ -108,7 +108,7 @@ def grade(job: Job) -> Result:
         for attempt in range(1, job.settings.start_attempts + 1):
             run = _Run(job, plan, mode)
             try:
-                asyncio.run(run.main())
+                _WARM.run(run.main())
                 break
             except KernelStartError as err:
                 if attempt == job.settings.start_attempts:
@@ -155,7 +155,8 @@ class _Run:
         self.findings = Findings()
         self.verdicts: list[Verdict] = []
         self.kernel_cpu = 0.0
-        self.session = KernelSession(self.nb, job.settings, mode, job.files, self.findings)
+        self.mode = mode
+        self.session: KernelSession | None = None
         self.judge_dir = Path(tempfile.mkdtemp(prefix="course-judge-"))
         write_files(self.judge_dir, job.files)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -168,6 +169,13 @@ class _Run:
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
         began = time.perf_counter()
+        warm = await _WARM.take(self.mode, self.settings)
+        if warm is not None:
+            warm.adopt(self.nb, self.job.files, self.settings, self.findings)
+            self.session = warm
+        else:
+            self.session = KernelSession(self.nb, self.settings, self.mode, self.job.files, self.findings)
+        _WARM.prepare_next(self.mode, self.settings)        # the next job's kernel starts while this one runs
         async with self.session.running():
             self.timings["start"] = time.perf_counter() - began
             self.judge = Interpreter(self.plan, self._transport, self._use_budget, self.findings.note,
@@ -178,7 +186,8 @@ class _Run:
 
     def cleanup(self) -> None:
         self.judge_pool.shutdown(wait=False)
-        self.session.cleanup()
+        if self.session is not None:
+            self.session.cleanup()
         sandbox.remove_scratch(self.judge_dir)
         if self.judge is not None:
             self.judge.close()
@@ -291,6 +300,75 @@ class _Run:
         self.verdicts.append(verdict)
         if self.session.dead is None:
             await self.session.end_strays_between()
+
+
+class _WarmKernels:
+    """The worker's event loop (one thread, for every job) and one spare kernel, started before it is needed.
+
+    A sandboxed kernel takes seconds to start (bubblewrap, Python, torch). The spare for the next job starts
+    while the current job runs, on CPU the job leaves idle; it is used for one notebook only, like any other.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.spare: "asyncio.Task[KernelSession | None] | None" = None
+        self.key: tuple | None = None
+
+    def run(self, coro: Any) -> Any:
+        if self.loop is None:
+            import threading  # noqa: PLC0415
+
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="grading-loop", daemon=True).start()
+            import atexit  # noqa: PLC0415
+
+            atexit.register(self.close)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    @staticmethod
+    def _key(mode: str, settings: Settings) -> tuple:
+        return mode, settings.memory_mb, settings.startup_timeout
+
+    async def take(self, mode: str, settings: Settings) -> KernelSession | None:
+        """The spare kernel, if one was started for these settings and is alive."""
+        task, key, self.spare, self.key = self.spare, self.key, None, None
+        if task is None:
+            return None
+        session = await task
+        if session is not None and key == self._key(mode, settings) and await session.alive():
+            return session
+        if session is not None:
+            await session.stop()
+            session.cleanup()
+        return None
+
+    def prepare_next(self, mode: str, settings: Settings) -> None:
+        async def start() -> KernelSession | None:
+            session = KernelSession(None, settings, mode, {}, Findings())
+            try:
+                await session.start()
+            except Exception:  # noqa: BLE001 - no spare: the next job starts its own kernel
+                session.cleanup()
+                return None
+            return session
+        assert self.loop is not None
+        self.key = self._key(mode, settings)
+        self.spare = self.loop.create_task(start())
+
+    def close(self) -> None:
+        """At the worker's exit: stop the spare kernel (its sandbox dies with the worker anyway)."""
+        async def stop() -> None:
+            task, self.spare = self.spare, None
+            session = await task if task is not None else None
+            if session is not None:
+                await session.stop()
+                session.cleanup()
+        if self.loop is not None and self.spare is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=20)
+
+
+_WARM = _WarmKernels()
 
 
 def warm_up() -> None:

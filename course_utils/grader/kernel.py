@@ -86,9 +86,14 @@ class Budget:
 
 
 class KernelSession:
-    """One sandboxed kernel for one notebook ``nb`` (see the module docstring)."""
+    """One sandboxed kernel for one notebook (see the module docstring). It may be started before its notebook is
+    known (:meth:`start`, then :meth:`adopt`): a warm kernel, used once."""
 
     def __init__(self, nb: Any, settings: Settings, mode: str, files: dict[str, bytes], findings: Findings) -> None:
+        if nb is None:
+            import nbformat  # noqa: PLC0415
+
+            nb = nbformat.v4.new_notebook()
         self.nb, self.settings, self.mode, self.findings = nb, settings, mode, findings
         self.dead: str | None = None
         self.kernel_pid: int | None = None
@@ -104,32 +109,58 @@ class KernelSession:
         self.lock: asyncio.Lock | None = None
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
         self.started = False
+        self._stack: contextlib.AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ life cycle
 
-    @contextlib.asynccontextmanager
-    async def running(self):  # noqa: ANN201 - an async context manager
-        """Start the kernel and its oracle; stop and kill everything of the sandbox on the way out."""
+    async def start(self) -> None:
+        """Start the kernel and install its oracle (no student code has run yet)."""
         self.lock = asyncio.Lock()
         env = sandbox.kernel_env(self.scratch, {"NBGRADER_EXECUTION": "autograde"})
-        with open(self.log_path, "wb") as log:
-            try:
-                async with self.client.async_setup_kernel(cwd=str(self.workdir), env=env, stdout=log, stderr=log,
-                                                          cleanup_kc=True):
-                    self._cap_sockets()
-                    await self._bootstrap()
-                    self.started = True
-                    yield self
-            except (GraderTooSlowError, KernelStartError):
-                raise
-            except Exception as err:
-                if not self.started:
-                    tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ")
-                    raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
-                                           f"kernel log: {tail}") from err
-                raise
-            finally:
-                await self.kill()
+        self._stack = contextlib.AsyncExitStack()
+        log = self._stack.enter_context(open(self.log_path, "wb"))
+        try:
+            await self._stack.enter_async_context(self.client.async_setup_kernel(
+                cwd=str(self.workdir), env=env, stdout=log, stderr=log, cleanup_kc=True))
+            self._cap_sockets()
+            await self._bootstrap()
+        except Exception as err:
+            await self.stop()
+            tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ") \
+                if self.log_path.exists() else ""
+            raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
+                                   f"kernel log: {tail}") from err
+        self.started = True
+
+    def adopt(self, nb: Any, files: dict[str, bytes], settings: Settings, findings: Findings) -> None:
+        """Give a started kernel its notebook: the data files, the settings' clock, where findings go."""
+        self.nb, self.settings, self.findings = nb, settings, findings
+        self.client.nb = nb
+        write_files(self.workdir, files)
+        self.deadline = time.monotonic() + settings.notebook_timeout
+
+    async def alive(self) -> bool:
+        return self.started and self.km.has_kernel and bool(await self.km.is_alive())
+
+    async def stop(self) -> None:
+        """Stop the kernel and kill every process of its sandbox."""
+        try:
+            if self._stack is not None:
+                with contextlib.suppress(Exception):
+                    await self._stack.aclose()
+        finally:
+            self._stack = None
+            await self.kill()
+
+    @contextlib.asynccontextmanager
+    async def running(self):  # noqa: ANN201 - an async context manager
+        """Start the kernel and its oracle (unless it was started already); stop it on the way out."""
+        if not self.started:
+            await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
