@@ -25,6 +25,12 @@ MOVED = {
     "course_utils.sandbox_launch": "course_utils.grader.sandbox_launch",
     "course_utils.submissions": "course_utils.grader.submissions",
     "course_utils.codescan": "course_utils.grader.codescan",
+    "course_utils.cards": "course_utils.review.cards",
+    "course_utils.srs": "course_utils.review.srs",
+    "course_utils.flashcards": "course_utils.review.flashcards",
+    "course_utils.progress": "course_utils.review.progress",
+    "course_utils.validate": "course_utils.review.validate",
+    "course_utils.selfcheck": "course_utils.review.selfcheck",
 }
 GONE = {
     "course_utils.probe": "the in-kernel hook probe is gone: tests now run in the trusted judge "

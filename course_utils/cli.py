@@ -50,7 +50,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from course_utils.validate import validate  # noqa: PLC0415
+    from course_utils.review.validate import validate  # noqa: PLC0415
 
     path = Path(args.notebook)
     if not path.is_file():
@@ -179,7 +179,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_progress(args: argparse.Namespace) -> int:
     try:
-        from course_utils import progress  # noqa: PLC0415
+        from course_utils.review import progress  # noqa: PLC0415
     except ImportError:
         print("course progress is not available in this version", file=sys.stderr)
         return 2
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("progress", help="your progress: checks passing per notebook, flashcards due")
     try:
-        from course_utils import progress  # noqa: PLC0415 - written separately; the CLI works without it
+        from course_utils.review import progress  # noqa: PLC0415 - written separately; the CLI works without it
 
         progress.add_arguments(p)
     except Exception:  # noqa: BLE001 - a missing or broken progress module must not break grading

@@ -59,13 +59,13 @@ def test_validate_lists_failing_checks_and_exits_nonzero(course: Path, tmp_path:
 
 def test_progress_is_delegated(monkeypatch):
     calls = {}
-    fake = types.ModuleType("course_utils.progress")
+    fake = types.ModuleType("course_utils.review.progress")
     fake.add_arguments = lambda parser: parser.add_argument("--deck")
     fake.run = lambda args: calls.setdefault("deck", args.deck) and 7
-    monkeypatch.setitem(sys.modules, "course_utils.progress", fake)
-    import course_utils
+    monkeypatch.setitem(sys.modules, "course_utils.review.progress", fake)
+    import course_utils.review
 
-    monkeypatch.setattr(course_utils, "progress", fake, raising=False)
+    monkeypatch.setattr(course_utils.review, "progress", fake, raising=False)
     assert cli.main(["progress", "--deck", "attention"]) == 7
     assert calls == {"deck": "attention"}
 

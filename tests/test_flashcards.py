@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import cards as cards_mod
-from course_utils import srs
-from course_utils.cards import DeckError, load_deck, load_decks
-from course_utils.flashcards import FlashcardWidget, build_queue, review, select_cards, to_html
-from course_utils.srs import CardState, ProgressFileError, ProgressFileWarning, ProgressStore, apply_rating, sm2
+from course_utils.review import cards as cards_mod
+from course_utils.review import srs
+from course_utils.review.cards import DeckError, load_deck, load_decks
+from course_utils.review.flashcards import FlashcardWidget, build_queue, review, select_cards, to_html
+from course_utils.review.srs import CardState, ProgressFileError, ProgressFileWarning, ProgressStore, apply_rating, sm2
 
 DAY = date(2026, 1, 10)
 REPO = Path(__file__).resolve().parents[1]

@@ -464,8 +464,8 @@ def test_learner_path_on_a_second_python(wheel: Path, tmp_path: Path):
                      env, work).stdout.strip())
     assert site.is_relative_to(venv)
     _run([str(py), "-m", "compileall", "-q", str(site)], env, work)  # every module is valid Python here
-    _run([str(py), "-c", "import course_utils.cli, course_utils.learner, course_utils.flashcards, "
-          "course_utils.validate, course_utils.widgets.common"], env, work)
+    _run([str(py), "-c", "import course_utils.cli, course_utils.learner, course_utils.review.flashcards, "
+          "course_utils.review.validate, course_utils.widgets.common"], env, work)
 
     course = venv / "bin" / "course"
     assert "start" in _run([str(course), "--help"], env, work).stdout

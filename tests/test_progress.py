@@ -10,8 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import cells, progress
-from course_utils.srs import ProgressStore
+from course_utils import cells
+from course_utils.review import progress
+from course_utils.review.srs import ProgressStore
 
 
 @pytest.fixture(autouse=True)

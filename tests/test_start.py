@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import torch
 
-from course_utils.selfcheck import compare_prediction
+from course_utils.review.selfcheck import compare_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["01_attention", "02_sampling", "03_finetuning", "04_rlhf", "05_quantization"]

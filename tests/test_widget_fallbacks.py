@@ -81,7 +81,7 @@ def _bits(_a, b, _t):
 
 
 def _cards(_a, _b, tmp):
-    from course_utils.flashcards import review
+    from course_utils.review.flashcards import review
 
     return review("attention", progress_file=tmp / "progress.json")
 
@@ -258,7 +258,7 @@ class _Untouchable:
 def test_factories_build_nothing_while_autograding(monkeypatch, tmp_path):
     import course_utils.models
     import course_utils.rlhf_sweep
-    from course_utils.flashcards import review
+    from course_utils.review.flashcards import review
     from course_utils.widgets.attention import attention_explorer
     from course_utils.widgets.finetuning import lora_rank_explorer
     from course_utils.widgets.quantization import bit_width_explorer

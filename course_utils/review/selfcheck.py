@@ -5,7 +5,7 @@ real value with torch and compares. Nothing is graded and no answer is stored he
 front of the learner, who sees both and an explanation.
 
     >>> import torch
-    >>> from course_utils.selfcheck import compare_prediction
+    >>> from course_utils.review.selfcheck import compare_prediction
     >>> compare_prediction((2, 4), (torch.randn(2, 3) @ torch.randn(3, 4)).shape, what="the shape",
     ...                    explain="(2, 3) @ (3, 4): the inner 3s meet, (2, 4) remains.")
     ✅ the shape: (2, 4), as you predicted.

@@ -1,14 +1,14 @@
 """Flashcards with spaced repetition: the review widget at the end of every notebook.
 
-    from course_utils.flashcards import review
+    from course_utils.review.flashcards import review
     review("attention")     # that topic's deck: cards due today, then new cards
     review()                # everything due across decks (+ new cards of decks you have started)
     review("all")           # everything due, and every new card of every deck
 
 A card shows its question; "Show answer" flips it; you rate yourself 1-5 ("How well did you know this?
-1 Not at all ... 5 Perfectly"). The rating schedules the card with SM-2 (:mod:`course_utils.srs`), is saved
+1 Not at all ... 5 Perfectly"). The rating schedules the card with SM-2 (:mod:`course_utils.review.srs`), is saved
 to your progress file (outside the repository) at once, and the next card comes up. Cards rated below 4
-come back at the end of the session. Decks are JSON files in ``course_utils/decks/`` (:mod:`course_utils.cards`).
+come back at the end of the session. Decks are JSON files in ``course_utils/decks/`` (:mod:`course_utils.review.cards`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import ipywidgets as widgets
 
-from course_utils.cards import TOPICS, Card, Deck, DeckError, load_deck, load_decks
-from course_utils.srs import ProgressFileError, ProgressStore, check_rating, needs_drill
+from course_utils.review.cards import TOPICS, Card, Deck, DeckError, load_deck, load_decks
+from course_utils.review.srs import ProgressFileError, ProgressStore, check_rating, needs_drill
 from course_utils.widgets.common import NotBuilt, StaticFallback, grading
 
 __all__ = ["review", "FlashcardWidget", "deck_summary", "select_cards", "build_queue", "to_html",
@@ -296,7 +296,7 @@ def review(topic: str | None = None, *, today: date | None = None, progress_file
            deck_dir: str | Path | None = None) -> FlashcardWidget | NotBuilt:
     """A flashcard widget for one topic's deck, or for everything due (``None``/``"due"``) or ``"all"``.
 
-    ``progress_file`` defaults to :func:`course_utils.srs.default_progress_path`; ``today`` and
+    ``progress_file`` defaults to :func:`course_utils.review.srs.default_progress_path`; ``today`` and
     ``deck_dir`` are for tests. While autograding (``NBGRADER_EXECUTION`` set) no deck or progress file is
     read: a :class:`~course_utils.widgets.common.NotBuilt` note comes back.
     """

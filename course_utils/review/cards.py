@@ -20,7 +20,7 @@ from typing import Any
 
 DECK_FORMAT = "llm-foundations-deck"
 DECK_VERSION = 1
-DECK_DIR = Path(__file__).with_name("decks")
+DECK_DIR = Path(__file__).resolve().parents[1] / "decks"
 # The order decks are shown in; a deck file for another topic is loaded after these.
 TOPICS = ("foundations", "attention", "sampling", "finetuning", "rlhf", "quantization")
 

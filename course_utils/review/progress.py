@@ -8,7 +8,7 @@ visible checks pass, and for each flashcard deck how many cards are due. Checks 
     course progress                 # notebooks/ under the current directory
     course progress path/to/my.ipynb --timeout 60
     course progress --no-run        # only list the notebooks' checks and the flashcards (instant)
-    python -m course_utils.progress # the same without the ``course`` command
+    python -m course_utils.review.progress # the same without the ``course`` command
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class NotebookResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``course progress`` (also used by ``python -m course_utils.progress``)."""
+    """The options of ``course progress`` (also used by ``python -m course_utils.review.progress``)."""
     parser.add_argument("path", nargs="?", default="notebooks",
                         help="a folder of notebooks or one .ipynb file (default: notebooks/)")
     parser.add_argument("--no-run", action="store_true",
@@ -89,8 +89,8 @@ def format_notebook_row(r: NotebookResult) -> str:
 
 def flashcard_lines(progress_file: str | None, today: date | None = None) -> list[str]:
     """The flashcard half of the screen: one row per deck."""
-    from course_utils.flashcards import deck_summary
-    from course_utils.srs import ProgressFileError, ProgressStore
+    from course_utils.review.flashcards import deck_summary
+    from course_utils.review.srs import ProgressFileError, ProgressStore
 
     store = ProgressStore(progress_file)
     lines = [f"Flashcards (progress file: {store.path})"]
