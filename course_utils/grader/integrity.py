@@ -16,7 +16,6 @@ student's reach. These findings are *review* items (flag the submission for a pe
 from __future__ import annotations
 
 import copy
-import json
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -189,15 +188,3 @@ class IntegrityCheck(NbGraderPreprocessor):
             for reason in codescan.scan(cell.source, imports):
                 label = f"cell {meta['grade_id']!r}" if meta.get("grade_id") else f"code cell {number}"
                 findings.flag(f"{label}: {reason}")
-
-
-def report_paths(report_directory: Path, student: str, assignment: str) -> list[Path]:
-    """The per-notebook JSON reports written by SandboxedExecute for one submission."""
-    return sorted((Path(report_directory) / student / assignment).glob("*.json"))
-
-
-def read_report(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
