@@ -31,6 +31,7 @@ MOVED = {
     "course_utils.progress": "course_utils.review.progress",
     "course_utils.validate": "course_utils.review.validate",
     "course_utils.selfcheck": "course_utils.review.selfcheck",
+    "course_utils.rlhf_sweep": "course_utils.sweeps.rlhf",
 }
 GONE = {
     "course_utils.probe": "the in-kernel hook probe is gone: tests now run in the trusted judge "

@@ -257,7 +257,7 @@ class _Untouchable:
 
 def test_factories_build_nothing_while_autograding(monkeypatch, tmp_path):
     import course_utils.models
-    import course_utils.rlhf_sweep
+    import course_utils.sweeps.rlhf
     from course_utils.review.flashcards import review
     from course_utils.widgets.attention import attention_explorer
     from course_utils.widgets.finetuning import lora_rank_explorer
@@ -267,7 +267,7 @@ def test_factories_build_nothing_while_autograding(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     monkeypatch.setattr(course_utils.models, "load_model", _Untouchable())
-    monkeypatch.setattr(course_utils.rlhf_sweep, "load_sweep", _Untouchable())
+    monkeypatch.setattr(course_utils.sweeps.rlhf, "load_sweep", _Untouchable())
     x, fn = _Untouchable(), _Untouchable()
     _Untouchable.touched = []
     before = set(live_widgets)

@@ -186,7 +186,7 @@ def beta_explorer(sweep: Mapping[str, Any] | None = None) -> BetaExplorer | NotB
     if grading():
         return NotBuilt(BetaExplorer.static_title)
     if sweep is None:
-        from course_utils.rlhf_sweep import load_sweep
+        from course_utils.sweeps.rlhf import load_sweep
 
         sweep = load_sweep()
     return BetaExplorer(sweep)

@@ -3,7 +3,7 @@
 The notebook shows what PPO does at several values of beta (the weight of the KL penalty), including the
 reward hacking at beta = 0; training four policies does not fit a notebook's time budget, so the sweep is run
 once and cached in ``assets/rlhf/beta_sweep.json`` together with everything that fixes its numbers.
-``python -m course_utils.rlhf_sweep`` (or ``python -m course_utils.rlhf``) re-creates it with the functions
+``python -m course_utils.sweeps.rlhf`` (or the older ``python -m course_utils.rlhf``) re-creates it with the functions
 from the instructor notebook's answer cells: about 2 minutes for the four betas on one CPU thread. The
 notebook's sweep cell (``RUN_SWEEP = True``) runs the same :func:`beta_sweep` with the learner's own functions.
 """
@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from course_utils import world
-from course_utils.rlhf import (RM_HELD_OUT_SEED, RM_TRAIN_SEED, RewardModelScorer, evaluate,
-                               frozen_copy, load_reward_model, make_prompts, pairwise_accuracy, preference_triples,
-                               run_ppo, sample, train_reward_model)
+from course_utils.ppo import RewardModelScorer, evaluate, frozen_copy, make_prompts, run_ppo, sample
+from course_utils.reward_model import (RM_HELD_OUT_SEED, RM_TRAIN_SEED, load_reward_model, pairwise_accuracy,
+                                       preference_triples, train_reward_model)
 
-SWEEP_PATH = Path(__file__).resolve().parent / "assets" / "rlhf" / "beta_sweep.json"
+SWEEP_PATH = Path(__file__).resolve().parents[1] / "assets" / "rlhf" / "beta_sweep.json"
 EXERCISES = ("rankings_to_pairs", "pairwise_reward_loss", "kl_penalized_rewards", "ppo_clipped_loss")
-SOLUTIONS_NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "04_rlhf" / "04_rlhf.ipynb"
+SOLUTIONS_NOTEBOOK = Path(__file__).resolve().parents[2] / "solutions" / "04_rlhf" / "04_rlhf.ipynb"
 
 
 @dataclass
@@ -126,7 +126,7 @@ def beta_sweep(pairs_fn: Callable[..., Any], rm_loss_fn: Callable[..., Any], kl_
         "torch": torch.__version__, "transformers": transformers.__version__,
         "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "regenerate": "python -m course_utils.rlhf   (or the notebook's sweep cell with RUN_SWEEP = True)",
+        "regenerate": "python -m course_utils.sweeps.rlhf   (or the notebook's sweep cell with RUN_SWEEP = True)",
     }
     return {"provenance": provenance, "runs": runs}
 
@@ -151,7 +151,7 @@ def save_sweep(runs: dict[str, dict[str, Any]], path: Path = SWEEP_PATH, keep_te
 
 def _read_sweep(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no cached beta sweep at {path}: run `python -m course_utils.rlhf`, or the "
+        raise FileNotFoundError(f"no cached beta sweep at {path}: run `python -m course_utils.sweeps.rlhf`, or the "
                                 "notebook's sweep cell with RUN_SWEEP = True, to create it")
     data = json.loads(Path(path).read_text())
     return data if "runs" in data else {"provenance": {}, "runs": data}
@@ -168,10 +168,10 @@ def sweep_provenance(path: Path = SWEEP_PATH) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m course_utils.rlhf``: re-create the cached beta sweep (about 30 s per beta on one CPU thread)."""
+    """``python -m course_utils.sweeps.rlhf``: re-create the cached beta sweep (about 30 s per beta on one CPU thread)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m course_utils.rlhf_sweep", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m course_utils.sweeps.rlhf", description=main.__doc__)
     parser.add_argument("--notebook", default=str(SOLUTIONS_NOTEBOOK),
                         help="notebook whose answer cells define the four exercise functions (default: the solutions)")
     parser.add_argument("--out", default=str(SWEEP_PATH), help="where to write the sweep (default: the cached one)")
