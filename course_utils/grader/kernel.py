@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -29,8 +28,8 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from course_utils.cells import error_output, grade_id, stream_output
-from course_utils.grader import proxy, sandbox
+from course_utils.cells import error_output, grade_id
+from course_utils.grader import kernel_client, proxy, sandbox
 from course_utils.grader.integrity import Findings
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
@@ -102,8 +101,9 @@ class KernelSession:
         self.workdir = self.scratch / "work"
         write_files(self.workdir, files)
         limits = sandbox.Limits(memory_mb=settings.memory_mb)
-        self.km = _kernel_manager(mode, self.scratch, self.workdir, limits, self.uid)
-        self.client = _capped_client(nb, self.km, settings, self.workdir)
+        self.km = kernel_client.sandbox_kernel_manager(mode, self.scratch, self.workdir, limits, self.uid)
+        self.client = kernel_client.capped_client(nb, self.km, self.workdir, settings.max_output_bytes,
+                                                  settings.startup_timeout)
         self.deadline = time.monotonic() + settings.notebook_timeout
         self.comm_id = uuid.uuid4().hex
         self.lock: asyncio.Lock | None = None
@@ -225,7 +225,7 @@ class KernelSession:
         procs = self._processes()
         by_pid = {p.pid: p for p in procs}
         if self.kernel_pid is None or self.kernel_pid not in by_pid:
-            self.kernel_pid = _kernel_pid(procs)
+            self.kernel_pid = kernel_client.kernel_pid(procs)
         if self.kernel_pid is None:
             return
         keep = {self.kernel_pid}
@@ -352,7 +352,7 @@ class KernelSession:
                 if kind == "status" and content.get("execution_state") == "idle":
                     idle = True
                 elif kind in ("stream", "display_data", "execute_result", "error") and size < MAX_CALL_OUTPUT:
-                    text = _as_text(kind, content)[: MAX_CALL_OUTPUT - size]
+                    text = kernel_client.as_text(kind, content)[: MAX_CALL_OUTPUT - size]
                     size += len(text)
                     output.append(text)
             if idle:
@@ -405,94 +405,3 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
 def label(cell: Any, index: int) -> str:
     gid = grade_id(cell)
     return f"{gid!r}" if gid else f"{index + 1} (a code cell)"
-
-
-def _capped_client(nb: Any, km: Any, settings: Settings, workdir: Path) -> Any:
-    """nbclient's NotebookClient with an output budget that counts every output type."""
-    from nbclient import NotebookClient  # noqa: PLC0415 - slow import
-
-    class CappedClient(NotebookClient):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.output_bytes = 0
-            self.truncated: set[int] = set()
-
-        def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> Any:
-            self.output_bytes += _size(msg.get("content", {}))
-            if self.output_bytes > settings.max_output_bytes:
-                if cell_index not in self.truncated:
-                    self.truncated.add(cell_index)
-                    outs.append(stream_output("\n[output truncated by the grader: too much output]\n"))
-                if msg.get("msg_type") == "error":
-                    content = msg.get("content", {})
-                    outs.append(error_output(str(content.get("ename", "Error"))[:200],
-                                             str(content.get("evalue", ""))[:2000]))
-                return None
-            return super().output(outs, msg, display_id, cell_index)
-
-        def on_comm_open_jupyter_widget(self, msg: dict) -> None:
-            return None   # no widget front end is emulated: a widget's outputs stay in its cell, as text
-
-    return CappedClient(nb, km=km, timeout=None, startup_timeout=settings.startup_timeout, allow_errors=True,
-                        interrupt_on_timeout=False, raise_on_iopub_timeout=False, iopub_timeout=5,
-                        record_timing=False, shutdown_kernel="immediate", store_widget_state=False,
-                        skip_cells_with_tag=f"never-skip-{uuid.uuid4().hex}",
-                        on_cell_executed=_record_silent_error, resources={"metadata": {"path": str(workdir)}})
-
-
-def _kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sandbox.Limits, uid: int) -> Any:
-    from jupyter_client.kernelspec import KernelSpec  # noqa: PLC0415
-    from jupyter_client.manager import AsyncKernelManager  # noqa: PLC0415
-    from traitlets import List, Unicode  # noqa: PLC0415
-
-    class SandboxKernelManager(AsyncKernelManager):
-        """A kernel manager whose kernel command is the sandbox command line (interrupts go by message)."""
-
-        sandbox_argv = List(Unicode())
-
-        @property
-        def kernel_spec(self) -> KernelSpec:  # type: ignore[override]
-            return KernelSpec(argv=list(self.sandbox_argv), display_name="Python 3 (grading sandbox)",
-                              language="python", interrupt_mode="message", env={}, metadata={})
-
-    return SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
-                                sandbox_argv=sandbox.kernel_argv(mode, scratch, workdir, limits, uid=uid))
-
-
-def _kernel_pid(procs: list[sandbox.Process]) -> int | None:
-    """The ipykernel process of a sandbox: the first process whose own command is ``python -m ipykernel_launcher``
-    (bubblewrap and the launcher carry that command as arguments; the kernel runs it)."""
-    for proc in sorted(procs, key=lambda p: p.pid):
-        try:
-            with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:3] == [b"-m", b"ipykernel_launcher"]:
-            return proc.pid
-    return None
-
-
-def _size(content: Any) -> int:
-    try:
-        return len(json.dumps(content, default=str))
-    except (TypeError, ValueError):
-        return 1_000_000
-
-
-def _as_text(kind: str, content: dict) -> str:
-    if kind == "stream":
-        return str(content.get("text", ""))
-    if kind == "error":
-        return f"{content.get('ename', 'Error')}: {content.get('evalue', '')}\n"
-    data = content.get("data", {})
-    text = data.get("text/plain", "") if isinstance(data, dict) else ""
-    return (text if isinstance(text, str) else "") + "\n"
-
-
-def _record_silent_error(cell: Any, execute_reply: dict, **_: Any) -> None:
-    """An error reply without an error output (traceback display switched off) still counts as an error."""
-    content = execute_reply.get("content", {})
-    if content.get("status") == "error" and not any(o.get("output_type") == "error" for o in cell.outputs):
-        cell.outputs.append(error_output(content.get("ename", "Error"), content.get("evalue", "")
-                                         or "an error was raised while error display was switched off"))
