@@ -32,6 +32,7 @@ MOVED = {
     "course_utils.validate": "course_utils.review.validate",
     "course_utils.selfcheck": "course_utils.review.selfcheck",
     "course_utils.rlhf_sweep": "course_utils.sweeps.rlhf",
+    "course_utils.finetuning_sweep": "course_utils.sweeps.finetuning",
 }
 GONE = {
     "course_utils.probe": "the in-kernel hook probe is gone: tests now run in the trusted judge "

@@ -9,7 +9,7 @@ provides the plumbing around them, so it never holds an answer:
 * evaluation -- batched greedy summaries (optionally behind a soft prompt), mean ROUGE-L through your
   own function or the ``rouge-score`` package, and story perplexity (the forgetting probe);
 * the cached comparison of full fine-tuning, BitFit, LoRA and prompt tuning lives in
-  :mod:`course_utils.finetuning_sweep`; ``python -m course_utils.finetuning --sweep`` re-creates it.
+  :mod:`course_utils.sweeps.finetuning`; ``python -m course_utils.finetuning --sweep`` re-creates it.
 
     >>> from course_utils import finetuning as ft
     >>> pairs = ft.summary_pairs(seed=2, n=3)
@@ -311,6 +311,6 @@ def story_perplexity(model: nn.Module, tokenizer, n: int = 50, seed: int = world
 
 
 if __name__ == "__main__":  # `python -m course_utils.finetuning --sweep` re-creates the cached sweep, as it always did
-    from course_utils.finetuning_sweep import main
+    from course_utils.sweeps.finetuning import main
 
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Tests of course_utils.finetuning (data, training loop, evaluation), finetuning_sweep and the LoRA-rank widget."""
+"""Tests of course_utils.finetuning (data, training loop, evaluation), the cached sweep (course_utils.sweeps.finetuning) and the LoRA-rank widget."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a busy machine
 
 from course_utils import finetuning as ft  # noqa: E402
-from course_utils import finetuning_sweep as fs  # noqa: E402
+from course_utils.sweeps import finetuning as fs  # noqa: E402
 from course_utils import world  # noqa: E402
 from course_utils.models import load_model  # noqa: E402
 

@@ -22,7 +22,7 @@ import ipywidgets as widgets
 from torch import nn
 
 from course_utils.finetuning import TARGETS, linear_shape
-from course_utils.finetuning_sweep import load_sweep
+from course_utils.sweeps.finetuning import load_sweep
 from course_utils.widgets.common import NotBuilt, Redrawer, StaticFallback, error_output, grading
 
 _COLORS = {"c_attn": "#1f77b4", "attention": "#2ca02c", "all-linear": "#d62728"}

@@ -3,10 +3,10 @@
 Training 17 models does not fit a notebook's time budget, so the comparison is run once and cached in
 ``assets/finetuning/sweep.json`` together with its settings and the machine it ran on. It uses the ``peft``
 library (LoRA, prompt tuning), so it holds none of the notebook's answers.
-``python -m course_utils.finetuning_sweep --sweep`` (or ``python -m course_utils.finetuning --sweep``)
+``python -m course_utils.sweeps.finetuning --sweep`` (or ``python -m course_utils.finetuning --sweep``)
 re-creates it: about 18 minutes on one CPU thread, or less with ``--part I/N`` processes and ``--merge``.
 
-    >>> from course_utils import finetuning_sweep
+    >>> from course_utils.sweeps import finetuning as finetuning_sweep
     >>> [m["name"] for m in finetuning_sweep.methods(finetuning_sweep.SweepConfig())][:2]
     ['full fine-tuning', 'BitFit (biases only)']
 """
@@ -30,7 +30,7 @@ from course_utils.finetuning import (FINETUNE_SEED, TARGETS, evaluate_summaries,
                                      summary_pairs)
 from course_utils.train import encode_pairs
 
-SWEEP_PATH = Path(__file__).resolve().parent / "assets" / "finetuning" / "sweep.json"
+SWEEP_PATH = Path(__file__).resolve().parents[1] / "assets" / "finetuning" / "sweep.json"
 SWEEP_COMMAND = "python -m course_utils.finetuning --sweep"  # as recorded in the cached file's settings
 
 
@@ -225,7 +225,7 @@ def sweep_table(sweep: dict[str, Any], names: Sequence[str] | None = None) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_utils.finetuning_sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_utils.sweeps.finetuning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="run the full comparison and write the JSON")
     parser.add_argument("--quick", action="store_true", help="a few steps, few ranks (for tests); needs --out")
