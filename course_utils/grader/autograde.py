@@ -305,6 +305,7 @@ def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: st
                               "db_url": ws.db_url}}
     for name in pipeline.FINISH:
         nb, resources = import_item(name)(config=config).preprocess(nb, resources)
+    findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))   # the finish stage may add notes
     nbformat.write(nb, path)
     executor.write_report(ws.integrity, result, findings)
     record.review += [r for r in findings.review if r not in record.review]
