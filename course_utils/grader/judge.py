@@ -38,8 +38,7 @@ from course_utils.grader import plan as planning
 from course_utils.grader import proxy, sandbox, version
 from course_utils.grader.integrity import Findings
 from course_utils.grader.interpreter import Interpreter, Verdict
-from course_utils.grader.kernel import (Budget, GraderTooSlowError, KernelSession, KernelStartError, Settings,
-                                        write_files)
+from course_utils.grader.kernel import Budget, GraderTooSlowError, KernelSession, KernelStartError, Settings
 
 __all__ = ["GraderTooSlowError", "Job", "KernelStartError", "Result", "Settings", "Verdict", "grade", "warm_up"]
 
@@ -158,7 +157,7 @@ class _Run:
         self.mode = mode
         self.session: KernelSession | None = None
         self.judge_dir = Path(tempfile.mkdtemp(prefix="course-judge-"))
-        write_files(self.judge_dir, job.files)
+        sandbox.write_files(self.judge_dir, job.files)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.judge_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
         self.judge: Interpreter | None = None

@@ -8,23 +8,23 @@
   busy neighbour cannot make it time out; a wall-clock bound of ``wall_factor`` times the limit still ends a
   kernel that only sleeps); an interrupt comes first, a kill when it is ignored;
 * :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
-* :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget;
-* every output type counts towards the notebook's output cap, and one message may be at most
-  :data:`MAX_MESSAGE_BYTES`.
-Findings (timeouts, a dead kernel, stray processes, truncated output) go to the session's
-:class:`~course_utils.grader.integrity.Findings`.
+* :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget and
+  at most ``max_received_mb`` of answers per test;
+* every output type (display updates too) counts towards the notebook's output cap; a message over
+  :data:`MAX_MESSAGE_BYTES` is dropped by zmq itself, and the dropped connection is flagged.
+Findings go to the session's :class:`~course_utils.grader.integrity.Findings`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from queue import Empty
 from typing import Any
 
@@ -52,6 +52,7 @@ class Settings:
     memory_mb: int = _DEFAULT_MEMORY_MB
     stderr_fails_tests: bool = False
     start_attempts: int = 3
+    max_received_mb: int = 256       # bytes of answers the judge accepts from the kernel per cell or test
     run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
 
 
@@ -68,6 +69,7 @@ class Budget:
 
     def __init__(self, session: "KernelSession", what: str) -> None:
         self.session, self.what = session, what
+        self.received = 0
         self.cpu_start = session.cpu_now()
         self.wall_start = time.monotonic()
 
@@ -82,6 +84,18 @@ class Budget:
         if time.monotonic() > self.session.deadline:
             return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
         return None
+
+    def take(self, header: dict, buffers: list) -> None:
+        """Count one reply against the bytes the judge accepts from the kernel for this cell or test."""
+        self.received += sum(len(b) for b in buffers) + len(json.dumps(header, default=str))
+        limit = self.session.settings.max_received_mb
+        if limit and self.received > limit * 2**20:
+            raise TooMuchDataError(f"{self.what}: the student's code sent more than {limit} MB of answers "
+                                   "(the grader's limit per test)")
+
+
+class TooMuchDataError(RuntimeError):
+    """The values a test received from the student's code add up to more than the grader accepts."""
 
 
 class KernelSession:
@@ -99,9 +113,10 @@ class KernelSession:
         self.uid = sandbox.sandbox_uid()
         self.scratch = sandbox.prepare_scratch()
         self.workdir = self.scratch / "work"
-        write_files(self.workdir, files)
+        sandbox.write_files(self.workdir, files)
         limits = sandbox.Limits(memory_mb=settings.memory_mb)
-        self.km = kernel_client.sandbox_kernel_manager(mode, self.scratch, self.workdir, limits, self.uid)
+        self.km = kernel_client.sandbox_kernel_manager(mode, self.scratch, self.workdir, limits, self.uid,
+                                                       MAX_MESSAGE_BYTES)
         self.client = kernel_client.capped_client(nb, self.km, self.workdir, settings.max_output_bytes,
                                                   settings.startup_timeout)
         self.deadline = time.monotonic() + settings.notebook_timeout
@@ -109,6 +124,7 @@ class KernelSession:
         self.lock: asyncio.Lock | None = None
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
         self.started = False
+        self.drops: kernel_client.DropWatch | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -122,7 +138,7 @@ class KernelSession:
         try:
             await self._stack.enter_async_context(self.client.async_setup_kernel(
                 cwd=str(self.workdir), env=env, stdout=log, stderr=log, cleanup_kc=True))
-            self._cap_sockets()
+            self.drops = kernel_client.DropWatch(self.client.kc.iopub_channel.socket)
             await self._bootstrap()
         except Exception as err:
             await self.stop()
@@ -136,7 +152,7 @@ class KernelSession:
         """Give a started kernel its notebook: the data files, the settings' clock, where findings go."""
         self.nb, self.settings, self.findings = nb, settings, findings
         self.client.nb = nb
-        write_files(self.workdir, files)
+        sandbox.write_files(self.workdir, files)
         self.deadline = time.monotonic() + settings.notebook_timeout
 
     async def alive(self) -> bool:
@@ -151,6 +167,8 @@ class KernelSession:
         finally:
             self._stack = None
             await self.kill()
+            self.drops = None
+            kernel_client.close_context(self.km)
 
     @contextlib.asynccontextmanager
     async def running(self):  # noqa: ANN201 - an async context manager
@@ -172,15 +190,11 @@ class KernelSession:
         self.log_path.unlink(missing_ok=True)
         sandbox.remove_scratch(self.scratch)
 
-    def _cap_sockets(self) -> None:
-        import zmq  # noqa: PLC0415
-
-        kc = self.client.kc
-        for channel in (kc.iopub_channel, kc.shell_channel, kc.control_channel):
-            socket_ = getattr(channel, "socket", None)
-            if socket_ is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    socket_.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    def check_connection(self) -> None:
+        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES`."""
+        if self.drops is not None and self.drops.dropped():
+            self.findings.flag(f"the kernel sent a message larger than the {MAX_MESSAGE_BYTES // 2**20} MB the grader "
+                               "accepts (or broke its connection): the message was dropped")
 
     async def _bootstrap(self) -> None:
         """Install the oracle (before any student code) and open the judge's comm to it."""
@@ -290,6 +304,7 @@ class KernelSession:
                 self.findings.flag(f"cell {label(cell, index)}: {reason}")
             if self.client.truncated:
                 self.findings.note(f"output truncated (more than {self.settings.max_output_bytes:,} bytes)")
+            self.check_connection()
             if self.dead is None:
                 self.end_strays()
 
@@ -368,6 +383,8 @@ class KernelSession:
                     self.dead = "the kernel died during a test's call into the student's code"
                     self.findings.flag(self.dead)
                     raise proxy.KernelGone(self.dead)
+        self.check_connection()
+        budget.take(*reply)
         return reply[0], reply[1], "".join(output)
 
     async def _interrupt_request(self, msg_id: str, reason: str) -> None:
@@ -390,16 +407,6 @@ class KernelSession:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """The assignment's data files into ``folder`` (paths that would leave it are skipped)."""
-    root = folder.resolve()
-    for rel, data in files.items():
-        target = (folder / rel).resolve()
-        if root in target.parents:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
 
 
 def label(cell: Any, index: int) -> str:

@@ -316,3 +316,13 @@ def processes(root_pid: int | None, uid: int | None = None) -> list[Process]:
 
 def cpu_seconds(procs: list[Process]) -> float:
     return sum(p.cpu_seconds for p in procs)
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """The assignment's data files into ``folder`` (paths that would leave it are skipped)."""
+    root = folder.resolve()
+    for rel, data in files.items():
+        target = (folder / rel).resolve()
+        if root in target.parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
