@@ -14,6 +14,7 @@ import base64
 import copy
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -46,10 +47,16 @@ PAYLOADS = [
     ("math-href", f"$\\href{{javascript:{JS}}}{{math link}}$", None),
     ("missing-attachment", "![x](attachment:nope.png)", None),
     ("svg-attachment", "![x](attachment:evil.svg)", {"evil.svg": {"image/svg+xml": SVG}}),
+    ("raw-anchor", f'Look: <a href="javascript:{JS}">my plot</a>', None),
+    ("raw-anchor-obfuscated", f'<A HREF=" JaVa&#10;ScRiPt:{JS}">x</A>', None),
+    ("raw-image", '<img src="vbscript:msgbox(1)">', None),
 ]
+# HTML-like payloads: in a student's cell the escaping of HTML already made them text (no note needed there)
+ESCAPED = {"autolink", "raw-anchor", "raw-anchor-obfuscated", "raw-image"}
 BENIGN = [
     ("https", "[course](https://example.org/a?b=1#c)", "https://example.org/a?b=1#c"),
     ("http-autolink", "<http://example.org>", "http://example.org"),
+    ("mailto-autolink", "write to <mailto:me@example.org>", "mailto:me@example.org"),
     ("bare-url", "see https://example.org/x", "https://example.org/x"),
     ("mailto", "[mail me](mailto:me@example.org)", "mailto:me@example.org"),
     ("relative", "[next](../02_sampling/02_sampling.ipynb)", "../02_sampling/02_sampling.ipynb"),
@@ -134,7 +141,7 @@ def test_the_stored_notebook_alone_is_safe_in_formgrader(name, source, attachmen
     cell = stored(md_cell(source, attachments))
     html = plain_render(cell.source, cell.get("attachments"))    # no exception: the page renders
     assert not live(html), html
-    if name != "autolink":     # (an autolink is an HTML-like tag: the escaping of student HTML already made it text)
+    if name not in ESCAPED:
         assert "[grader] This markdown cell is shown as text" in cell.source
     assert set(cell.get("attachments", {}).get("evil.svg", {})) <= {"image/png"}, "an SVG attachment was kept"
 
@@ -197,11 +204,22 @@ def test_instructor_cells_keep_their_markdown_but_lose_what_a_student_removed():
         plain_render(cell.source, cell.get("attachments"))     # renders, no InvalidNotebook
 
 
-def test_a_literal_cell_cannot_break_out_of_its_code_block():
-    source = "````\n```\n[x](javascript:alert(1))\n```\n````\n~~~\n$\\href{javascript:1}{y}$"
+@pytest.mark.parametrize("source", [
+    "[x](javascript:alert(1))\n````\n```\n[y](javascript:alert(2))\n```\n````\n$\\href{javascript:1}{y}$",
+    "[x](javascript:alert(1))\n~~~\n$\\href{javascript:1}{y}$",
+    "`` ` `` [x](javascript:alert(1)) ``````\n```",
+], ids=["nested-fences", "open-tilde-fence", "backtick-runs"])
+def test_a_literal_cell_cannot_break_out_of_its_code_block(source):
+    assert live(plain_render(source)), "the control: the source itself is live"
     text, problems = safe_markdown.safe_markdown(source, {})
-    assert problems and not live(plain_render(text))
-    assert safe_markdown.check(text, {})[1] == []
+    assert problems and source in text, "shown whole, as text"
+    assert not live(plain_render(text)) and safe_markdown.check(text, {})[1] == []
+
+
+def test_links_inside_code_blocks_are_text_already():
+    source = "````\n```\n[x](javascript:alert(1))\n```\n````\n~~~\n$\\href{javascript:1}{y}$"
+    assert safe_markdown.safe_markdown(source, {}) == (source, [])
+    assert not live(plain_render(source))
 
 
 def test_the_course_config_installs_the_filter():
@@ -225,17 +243,23 @@ def hostile_autograded_notebook() -> nbformat.NotebookNode:
     return nb
 
 
-def render_formgrade(nb: nbformat.NotebookNode, tmp_path, course_config: bool = True) -> str:
+def render_formgrade(nb: nbformat.NotebookNode, tmp_path, course_config: bool = True,
+                     template: str = "formgrade") -> str:
+    """The page formgrader (or, with ``template="feedback"``, ``course feedback``) makes of ``nb``."""
     from nbconvert.exporters import HTMLExporter
     from nbgrader.server_extensions.formgrader import handlers
     from traitlets.config import Config
 
     c = pipeline.configure(Config()) if course_config else Config()
-    c.HTMLExporter.template_name = "formgrade"
+    c.HTMLExporter.template_name = template
     c.HTMLExporter.extra_template_basedirs = [handlers.template_path]
+    if template == "feedback":    # (GenerateFeedback adds bootstrap's CSS, which that template inlines)
+        c.HTMLExporter.extra_template_paths = [str(Path(handlers.template_path).parent / "static" / "node_modules"
+                                                   / "bootstrap" / "dist" / "css")]
     exporter = HTMLExporter(config=c)
     resources = {"assignment_id": "a", "notebook_id": "n", "submission_id": "s", "index": 0, "total": 1,
-                 "base_url": "", "student": "x", "last_name": "", "first_name": "", "notebook_path": "/x"}
+                 "base_url": "", "student": "x", "last_name": "", "first_name": "", "notebook_path": "/x",
+                 "nbgrader": {"score": 1, "max_score": 5, "late_penalty": 0, "notebook": "n"}}
     path = tmp_path / "autograded.ipynb"
     nbformat.write(nb, path)
     html, _ = exporter.from_filename(str(path), resources=resources)
@@ -247,7 +271,8 @@ def test_formgrader_page_of_a_hostile_submission_has_no_script_url(tmp_path):
     html = render_formgrade(autograded, tmp_path)
     assert not live(html), live(html)
     assert 'href="https://example.org"' in html and 'src="data:image/png;base64,' in html, "benign content kept"
-    assert html.count("[grader] This markdown cell is shown as text") == len(PAYLOADS)     # (the autolink: escaped)
+    # one note per payload cell (but the escaped HTML-like ones) and one for the cell holding them all
+    assert html.count("[grader] This markdown cell is shown as text") == len(PAYLOADS) - len(ESCAPED) + 1
     # each layer alone: the stored notebook with nbgrader's own config, the raw notebook with the course's filter
     assert not live(render_formgrade(autograded, tmp_path, course_config=False))
     assert not live(render_formgrade(hostile_autograded_notebook(), tmp_path))
@@ -257,3 +282,19 @@ def test_formgrader_control_without_the_fix_is_live(tmp_path):
     nb = hostile_autograded_notebook()
     nb.cells = [c for c in nb.cells if "attachment:" not in c.source]      # (a missing one crashes the page)
     assert len(live(render_formgrade(nb, tmp_path, course_config=False))) >= len(PAYLOADS) - 2
+
+
+@pytest.mark.parametrize("template", ["formgrade", "feedback"])
+def test_a_missing_attachment_is_text_not_a_broken_page(tmp_path, template):
+    from nbformat.validator import NotebookValidationError
+    from nbconvert.filters.markdown_mistune import InvalidNotebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [md_cell("My plot: ![x](attachment:nope.png)"), nbformat.v4.new_code_cell("1 + 1")]
+    with pytest.raises((InvalidNotebook, NotebookValidationError)):      # the control: nbgrader's own config
+        render_formgrade(nb, tmp_path, course_config=False, template=template)
+    stored_nb = sanitize.sanitize_notebook(copy.deepcopy(nb))
+    for page in (render_formgrade(nb, tmp_path, template=template),      # each layer alone
+                 render_formgrade(stored_nb, tmp_path, course_config=False, template=template)):
+        assert "an attachment the cell does not have" in page and "attachment:nope.png" in page
+        assert not live(page)

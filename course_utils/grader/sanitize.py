@@ -36,6 +36,7 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src d
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif);base64,[A-Za-z0-9+/=\s]*$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
+_ESCAPED_AUTOLINK = re.compile(r"&lt;((?:https?|mailto):[^\s&<>\"'`\\]+)&gt;", re.I)
 
 
 def _attribute_allowed(tag: str, name: str, value: str) -> bool:
@@ -59,10 +60,16 @@ def clean_html(html: str) -> str:
 
 
 def escape_markdown_html(source: str) -> str:
-    """Markdown with every HTML tag escaped (the text stays readable; nothing in it is rendered as HTML)."""
+    """Markdown with every HTML tag escaped (the text stays readable; nothing in it is rendered as HTML).
+
+    An autolink to http(s) or mailto (``<https://example.org>``) looks like a tag but is markdown: it is put back
+    (only when it holds no ``&``, quote or space), and :func:`~course_utils.grader.safe_markdown.safe_markdown`
+    then checks it like any link.
+    """
     import bleach  # noqa: PLC0415
 
-    return bleach.clean(source, tags=[], attributes={}, strip=False, strip_comments=True)
+    escaped = bleach.clean(source, tags=[], attributes={}, strip=False, strip_comments=True)
+    return _ESCAPED_AUTOLINK.sub(r"<\1>", escaped)
 
 
 def clean_output(output: NotebookNode) -> NotebookNode | None:
