@@ -40,7 +40,7 @@ PAYLOADS = [
     ("vbscript", "[h](vbscript:msgbox(1))", None),
     ("autolink", f"<javascript:{JS}>", None),
     ("image", f"![img](javascript:{JS})", None),
-    ("image-reference", f"![i][p]\n\n[p]: vbscript:x", None),
+    ("image-reference", "![i][p]\n\n[p]: vbscript:x", None),
     ("data-link", "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)", None),
     ("data-image", "![svg](data:image/svg+xml;base64," + SVG + ")", None),
     ("nested", f"> * [in a list in a quote](javascript:{JS})", None),
