@@ -174,6 +174,18 @@ def test_url_policy_on_its_own():
     assert [u for u in bad if not safe_markdown.url_problem(u, {"a.png": {}}, image=True)] == []
 
 
+def test_relative_links_to_pages_a_browser_would_run_are_refused():
+    """formgrader serves a submission's own files on the instructor's origin: evil.html next to the notebook."""
+    bad = ["evil.html", "./EVIL.HTM", "sub/x.svg", "x.svg?raw=1", "x.xhtml#top", "evil%2Ehtml", "evil.html/",
+           "/files/x.html", "x.js", " evil.html", "ev\til.html"]
+    ok = ["notes.png", "data.csv", "02_sampling.ipynb", "x.html.png", "https://example.org/page.html",
+          "//cdn.example.org/page.html", "#evil.html"]
+    assert [u for u in bad if not safe_markdown.url_problem(u, {}, image=False)] == []
+    assert [u for u in ok if safe_markdown.url_problem(u, {}, image=False)] == []
+    cell = stored(md_cell("see [my work](evil.html) and ![plot](plot.svg)"))
+    assert "shown as text" in cell.source and 'href="evil.html"' not in filter_render(md_cell("[w](evil.html)"))
+
+
 def test_attachments_keep_only_real_images():
     cleaned = safe_markdown.clean_attachments({
         "a.png": {"image/png": PNG, "text/html": "<script>x</script>"},

@@ -41,6 +41,11 @@ from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 SAFE_SCHEMES = ("http", "https", "mailto")
 ATTACHMENT_TYPES = ("image/png", "image/jpeg", "image/gif")    # what an attachment may be (SVG is a document)
 _SCHEME = re.compile(r"([a-z][a-z0-9+.\-]*):")
+# Files a browser runs as a page when a relative link opens them: formgrader serves a submission's own files
+# (``/formgrader/submissions/<id>/<path>``, the student's ``evil.html`` next to the notebook) on the instructor's
+# Jupyter origin, so a relative link may not point to one.
+ACTIVE_DOCUMENTS = (".htm", ".html", ".shtml", ".xht", ".xhtml", ".svg", ".svgz", ".xml", ".xsl", ".xslt", ".js",
+                    ".mjs", ".pdf", ".swf")
 _IGNORED_BY_BROWSERS = re.compile(r"[\x00-\x20\x7f]")            # stripped or dropped when a browser parses a URL
 _MATH_LINK = re.compile(r"\\(href|url)(?![A-Za-z])")             # MathJax's link commands
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif);base64,[A-Za-z0-9+/=\s]*", re.I)
@@ -73,10 +78,18 @@ def url_problem(url: str, attachments: Mapping[str, Any], *, image: bool) -> str
     bad = sorted(s for s in schemes if s and s not in SAFE_SCHEMES and s != "attachment")
     if bad:
         return f"{what} to a `{re.sub('[^a-z0-9]', '', bad[0])[:20]}:` address"
+    if "" in schemes and any(_relative_document(form) for form in forms):
+        return f"{what} to a page or script next to the notebook (formgrader would serve it as the instructor)"
     if "attachment" in schemes:
         if not (url.startswith("attachment:") and url[len("attachment:"):] in attachments):
             return f"{what} of an attachment the cell does not have"
     return None
+
+
+def _relative_document(url: str) -> bool:
+    """Whether a relative ``url`` names a file a browser would run as a page (see :data:`ACTIVE_DOCUMENTS`)."""
+    path = re.split(r"[?#]", _IGNORED_BY_BROWSERS.sub("", url), maxsplit=1)[0].lower().rstrip("/.")
+    return path.startswith("//") is False and path.endswith(ACTIVE_DOCUMENTS)
 
 
 def clean_attachments(attachments: Any) -> dict[str, dict[str, str]]:
