@@ -22,3 +22,7 @@ c.JudgeExecute.notebook_timeout = 900
 c.JudgeExecute.sandbox = "auto"             # bwrap > bwrap-userns > setpriv > none (the grades say which)
 c.JudgeExecute.memory_mb = 8192
 c.JudgeExecute.stderr_fails_tests = False   # a warning on stderr in a test does not fail it
+
+# When each assignment was released: a timestamp.txt before it is flagged (default: the first commit of
+# notebooks/<assignment>/ in this repository's git history; see course_utils/grader/timestamps.py).
+# c.SubmissionTimes.released = {"01_attention": "2026-01-12T09:00:00+00:00"}

@@ -55,6 +55,37 @@ def live_markup(html: str) -> list[str]:
     return parser.found
 
 
+class _ScriptURLs(HTMLParser):
+    """Attribute values a browser would run as script: javascript: or vbscript: URLs (entities decoded, the
+    spaces and control characters browsers drop removed, any case)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        for name, value in attrs:
+            url = "".join(ch for ch in (value or "") if ord(ch) > 0x20).lower()
+            if url.startswith(("javascript:", "vbscript:")):
+                self.found.append(f"<{tag} {name}={value!r}>")
+
+
+def script_urls(html: str) -> list[str]:
+    parser = _ScriptURLs()
+    parser.feed(html)
+    parser.close()
+    return parser.found
+
+
+def markdown_as_formgrader_renders_it(nb: nbformat.NotebookNode) -> str:
+    """Every markdown cell through nbconvert's own renderer, as formgrader renders it without the course's filter
+    (so the stored notebook is proven safe on its own)."""
+    from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+    return "".join(MarkdownWithMath(renderer=IPythonRenderer(escape=False, attachments=c.get("attachments", {})))
+                   .render(c.source) for c in nb.cells if c.cell_type == "markdown")
+
+
 def _isolating_mode() -> str | None:
     try:
         mode = sandbox.detect_mode("auto")
@@ -229,6 +260,27 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
     leftovers = [m for m in live_markup(body) if "document.title" in m or "pwned" in m or "alert" in m]
     assert not leftovers and "document.title = \"pwned\"</script>" not in page, leftovers
     (tmp_path / "xss-feedback.html").write_text(page)
+
+    # markdown links and images to javascript:/vbscript: are text in the graded notebook and in the feedback page;
+    # a missing attachment is text too, and the page is written
+    for student in ("xss_md_link", "missing_attachment"):
+        rendered = markdown_as_formgrader_renders_it(nbformat.reads(graded[student], as_version=4))
+        assert not script_urls(rendered) and "[grader] This markdown cell is shown as text" in rendered, rendered
+        assert not script_urls(pages[student]) and "shown as text" in pages[student], student
+        assert "markdown shown as text" in grades[student]["notes"], grades[student]["notes"]
+    assert "an attachment the cell does not have" in pages["missing_attachment"]
+
+    # files handed in next to the notebook stay out of feedback/ (reviewed, then sent), and stay in submitted/
+    assert cli.main(base + ["feedback", "--include-flagged", "--student", "extra_files"]) == 0
+    sent = ws / "feedback" / "extra_files" / ASSIGNMENT
+    assert sorted(p.name for p in sent.rglob("*")) == [f"{ASSIGNMENT}.html"], list(sent.rglob("*"))
+    for where in (subs, ws / "submitted", ws / "autograded"):
+        assert {n for n in hostile.EXTRA_FILES["extra_files"]} <= {p.name for p in (where / "extra_files" / ASSIGNMENT)
+                                                                   .iterdir()}, f"a student's file was lost in {where}"
+    # the forged timestamp is flagged, not changed: the gradebook holds what the file says
+    with sqlite3.connect(ws / "gradebook.db") as con:
+        [(stamp,)] = con.execute("SELECT timestamp FROM submitted_assignment WHERE student_id = 'extra_files'")
+    assert str(stamp).startswith("2000-01-01"), stamp
 
 
 @pytest.mark.slow

@@ -197,3 +197,92 @@ def test_the_regrade_key_covers_everything_that_can_change_a_grade(tmp_path: Pat
     version.grader_version.cache_clear()
     assert version.grader_version() != after[0]
     version.grader_version.cache_clear()
+
+
+def test_implausible_timestamps_are_flagged_with_the_fix_and_never_changed(tmp_path: Path):
+    from datetime import datetime, timezone
+
+    from traitlets.config import Config
+
+    from course_utils.grader import timestamps
+
+    c = Config()
+    c.SubmissionTimes.released = {"01_x": "2026-01-12T09:00:00+01:00"}
+    check = timestamps.TimestampCheck(c, tmp_path)          # (tmp_path is no git repository)
+    collected = datetime(2026, 2, 1, 12, 0, tzinfo=timezone.utc)
+    folder, handed_in = tmp_path / "submitted", tmp_path / "DIR" / "bob" / "01_x"
+    folder.mkdir()
+    verdicts = {}
+    for text in ("2000-01-01", "2026-01-12 07:59:00 UTC", "2026-01-20T10:00:00Z", "2026-02-01 12:05:00 +0000",
+                 "2026-02-01T13:00:00Z", "next tuesday", "99999-01-01", ""):
+        (folder / "timestamp.txt").write_text(text + "\n")
+        verdicts[text] = check.problem(folder, "01_x", collected, handed_in=handed_in)
+        assert (folder / "timestamp.txt").read_text() == text + "\n", "the file is never changed"
+    assert [t for t, v in verdicts.items() if v is None] == ["2026-01-20T10:00:00Z", "2026-02-01 12:05:00 +0000", ""]
+    assert "before 01_x was released (2026-01-12 08:00 UTC" in verdicts["2000-01-01"]
+    assert "before" in verdicts["2026-01-12 07:59:00 UTC"]
+    assert "after the submission was collected (2026-02-01 12:00 UTC)" in verdicts["2026-02-01T13:00:00Z"]
+    for text in ("next tuesday", "99999-01-01"):
+        assert f"says {text!r}, which is not a time" in verdicts[text]
+        (folder / "timestamp.txt").write_text(text)
+        assert timestamps.nbgrader_timestamp(str(folder)) is None, "graded with no submission time, no crash"
+    (folder / "timestamp.txt").write_text("2026-01-20T10:00:00+01:00")
+    assert timestamps.nbgrader_timestamp(str(folder)) == datetime(2026, 1, 20, 9, 0), "what nbgrader would store"
+    for verdict in filter(None, verdicts.values()):
+        assert str(handed_in / "timestamp.txt") in verdict and "re-run course autograde" in verdict
+    (folder / "timestamp.txt").unlink()
+    assert check.problem(folder, "01_x", collected) is None
+    assert check.released("02_unknown") is None, "no release time known: no 'before release' check"
+
+    c.SubmissionTimes.released = {"01_x": "the first monday"}
+    with pytest.raises(ValueError, match=r"SubmissionTimes.released\['01_x'\]: 'the first monday' is not a time"):
+        timestamps.TimestampCheck(c, tmp_path)
+
+
+def test_release_time_defaults_to_the_first_commit_of_the_release_folder(tmp_path: Path):
+    import shutil
+    import subprocess
+
+    from traitlets.config import Config
+
+    from course_utils.grader import timestamps
+
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    (tmp_path / "notebooks" / "01_x").mkdir(parents=True)
+    (tmp_path / "notebooks" / "01_x" / "01_x.ipynb").write_text("{}")
+    env = {**os.environ, "GIT_COMMITTER_DATE": "2026-01-12T09:00:00+00:00", "GIT_AUTHOR_DATE": "2026-01-12T09:00:00Z",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "release"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, env=env)
+    (tmp_path / "notebooks" / "01_x" / "01_x.ipynb").write_text("{ }")          # a later fix of the release
+    env["GIT_COMMITTER_DATE"] = "2026-03-01T09:00:00+00:00"
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-qam", "fix"], check=True, env=env)
+    when, where = timestamps.TimestampCheck(Config(), tmp_path).released("01_x")
+    assert (when.isoformat(), where) == ("2026-01-12T09:00:00", "the first commit of notebooks/01_x/")
+
+
+def test_feedback_folder_gets_only_the_pages(tmp_path: Path):
+    from traitlets.config import Config
+
+    autograded = tmp_path / "autograded" / "bob" / "01_x"
+    autograded.mkdir(parents=True)
+    for name in ("01_x.ipynb", "evil.svg", "evil.html", "timestamp.txt", "data/train.csv"):
+        (autograded / name).parent.mkdir(parents=True, exist_ok=True)
+        (autograded / name).write_text("x")
+    c = Config()
+    c.CourseDirectory.root = str(tmp_path)
+    c.CourseDirectory.autograded_directory = str(tmp_path / "autograded")
+    c.CourseDirectory.feedback_directory = str(tmp_path / "feedback")
+    converter = feedback._pages_only_feedback()(coursedir=grading.coursedir_for(c), config=c)
+    converter.init_assignment("01_x", "bob")
+    assert not (tmp_path / "feedback").exists() or not list((tmp_path / "feedback").rglob("*")), "nothing copied"
+
+    sent = tmp_path / "feedback" / "bob" / "01_x"       # what an older version (or nbgrader itself) left there
+    for name in ("01_x.html", "evil.svg", "evil.html", "other.html", "data/train.csv"):
+        (sent / name).parent.mkdir(parents=True, exist_ok=True)
+        (sent / name).write_text("x")
+    (sent / "link.html").symlink_to(autograded / "evil.html")
+    assert feedback.keep_only_pages(sent, ["01_x"]) == ["data/", "evil.html", "evil.svg", "link.html", "other.html"]
+    assert sorted(p.name for p in sent.rglob("*")) == ["01_x.html"]
+    assert len(list(autograded.rglob("*"))) == 6, "autograded/ keeps every file"

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from traitlets.config import Config
 
 from course_utils import cells
-from course_utils.grader import executor, judge, pipeline, sandbox, submissions, version
+from course_utils.grader import executor, judge, pipeline, sandbox, submissions, timestamps, version
 from course_utils.grader.integrity import METADATA_KEY, Findings
 from course_utils.grader.workspace import (COURSE_ID, LogCapture, Workspace, assignments, coursedir_for,
                                            ensure_gradebook, nbgrader_config, register, tree_hash)
@@ -124,13 +124,14 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
              and (not only_assignments or f[1] in only_assignments)]
     for name in sorted({a for _, a, _ in found}):
         register(ws, name)
+    times = timestamps.TimestampCheck(config, ws.root, config.CourseDirectory.get("release_directory", "notebooks"))
     records: list[Record] = []
     futures: dict[Future, tuple[_Pending, str]] = {}
     owned = workers is None
     try:
         for student, name, folder in found:
             try:
-                item = _prepare(ws, config, settings, student, name, folder, force, log)
+                item = _prepare(ws, config, settings, times, student, name, folder, force, log)
             except Exception as err:  # noqa: BLE001 - this submission's row, never the end of the run
                 record = Record(student, name, status="error", sandbox=settings.sandbox, graded_at=_now(),
                                 review=[f"could not be imported or prepared ({type(err).__name__}: "
@@ -166,9 +167,9 @@ def _local_workers(jobs: int) -> Any:
     return LocalWorkers(max(1, jobs))
 
 
-def _prepare(ws: Workspace, config: Config, settings: judge.Settings, student: str, name: str, folder: Path,
-             force: bool, log: Log) -> "Record | _Pending":
-    """Stage 1 for one submission: import, skip when unchanged, sanitize, build the jobs."""
+def _prepare(ws: Workspace, config: Config, settings: judge.Settings, times: timestamps.TimestampCheck,
+             student: str, name: str, folder: Path, force: bool, log: Log) -> "Record | _Pending":
+    """Stage 1 for one submission: import, skip when unchanged, check its timestamp, sanitize, build the jobs."""
     imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
     if imported.archived:
         log(f"{student}/{name}: changed since the last import; the previous copy is kept in {imported.archived}")
@@ -180,6 +181,9 @@ def _prepare(ws: Workspace, config: Config, settings: judge.Settings, student: s
         return previous
     record = Record(student, name, graded_at=_now(), sandbox=settings.sandbox, key=key, files=imported.manifest)
     record.notes += [f"not imported: {item}" for item in imported.left_out]
+    stamp = times.problem(ws.submitted / student / name, name, handed_in=folder)   # (collected just now)
+    if stamp:
+        record.review.append(stamp)
     expected = sorted(p.stem for p in (ws.release / name).glob("*.ipynb"))
     usable, unusable = [], []
     for notebook in expected:
@@ -215,6 +219,7 @@ def _sanitize(ws: Workspace, config: Config, student: str, name: str, notebooks:
             for notebook in notebooks:
                 coursedir = coursedir_for(sanitize_only, student_id=student, assignment_id=name,
                                           notebook_id=notebook)
+                coursedir.get_existing_timestamp = timestamps.nbgrader_timestamp   # not a time: flagged, not fatal
                 converter = Autograde(coursedir=coursedir, config=sanitize_only)
                 converter.force = True
                 converter.start()
@@ -305,6 +310,7 @@ def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: st
                               "db_url": ws.db_url}}
     for name in pipeline.FINISH:
         nb, resources = import_item(name)(config=config).preprocess(nb, resources)
+    findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))   # the finish stage may add notes
     nbformat.write(nb, path)
     executor.write_report(ws.integrity, result, findings)
     record.review += [r for r in findings.review if r not in record.review]

@@ -1,11 +1,19 @@
 """What goes back out of the workspace: feedback HTML per student (no hidden test code, nothing that runs) and
-the grades CSV."""
+the grades CSV.
+
+The feedback folder holds only the pages written here. nbgrader's ``GenerateFeedback`` also copies every other
+file of the autograded folder (the student's extra files: an ``evil.svg`` or ``evil.html`` would be served
+next to the page, with no Content-Security-Policy; ``timestamp.txt``; the instructor's data files):
+:class:`PagesOnlyFeedback` copies none, and :func:`keep_only_pages` removes anything else found in a feedback
+folder. Only feedback/ is touched: ``submitted/`` and ``autograded/`` keep every file a student handed in.
+"""
 
 from __future__ import annotations
 
 import csv
 import html
 import re
+import shutil
 from pathlib import Path
 
 from nbformat.notebooknode import NotebookNode
@@ -19,6 +27,36 @@ from course_utils.grader.workspace import COURSE_ID, LogCapture, Workspace, cour
 CSV_COLUMNS = ["student_id", "assignment", "status", "score", "max_score", "percent", "flagged", "flag_reasons",
                "notes", "sandbox", "worker", "seconds", "graded_at"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _pages_only_feedback() -> type:
+    from nbgrader.converters import GenerateFeedback  # noqa: PLC0415
+
+    class PagesOnlyFeedback(GenerateFeedback):
+        """nbgrader's feedback converter without its copying of the autograded folder's other files."""
+
+        def init_assignment(self, assignment_id: str, student_id: str) -> None:
+            """(nbgrader's version copies every non-notebook file of the autograded folder into feedback/)"""
+
+    return PagesOnlyFeedback
+
+
+def keep_only_pages(folder: Path, notebooks: list[str]) -> list[str]:
+    """Remove from the feedback ``folder`` everything but ``<notebook>.html`` of ``notebooks``; returns what went
+    (relative paths). Only for feedback folders: what is in them is a copy or a page written here."""
+    keep = {f"{notebook}.html" for notebook in notebooks}
+    removed: list[str] = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if entry.name in keep and entry.is_file() and not entry.is_symlink():
+            continue
+        removed.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return removed
 
 
 class HideHiddenTests(NbGraderPreprocessor):
@@ -47,8 +85,7 @@ def generate_feedback(ws: Workspace, students: list[str] | None = None, names: l
     Flagged submissions are left out unless ``include_flagged``: review them first (a submission that hooked
     the kernel could have copied test code into its own outputs).
     """
-    from nbgrader.converters import GenerateFeedback  # noqa: PLC0415
-
+    converter_class = _pages_only_feedback()
     config = nbgrader_config(ws)
     written: list[Path] = []
     for record in load_records(ws):
@@ -71,13 +108,18 @@ def generate_feedback(ws: Workspace, students: list[str] | None = None, names: l
         with LogCapture() as logs:
             try:
                 coursedir = coursedir_for(config, student_id=record.student, assignment_id=record.assignment)
-                converter = GenerateFeedback(coursedir=coursedir, config=config)
+                converter = converter_class(coursedir=coursedir, config=config)
                 converter.force = True
                 converter.start()
             except Exception as err:  # noqa: BLE001 - one failure must not stop the others
                 log(f"{record.student}/{record.assignment}: feedback failed: {err} "
                     + " / ".join(logs.messages[-3:]))
                 continue
+        notebooks = sorted(p.stem for p in (ws.autograded / record.student / record.assignment).glob("*.ipynb"))
+        removed = keep_only_pages(dest, notebooks)
+        if removed:
+            log(f"{record.student}/{record.assignment}: removed from its feedback folder (not a feedback page; "
+                f"submitted/ keeps the student's files): {', '.join(removed)[:300]}")
         for page in sorted(dest.glob("*.html")):
             page.write_text(sanitize.protect_page(page.read_text()))
             written.append(page)

@@ -38,6 +38,7 @@ FEEDBACK = [
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 COURSE_ID = "llm-foundations"
+MARKDOWN_FILTER = "course_utils.grader.safe_markdown.markdown2html"
 
 
 def configure(c: Config) -> Config:
@@ -51,6 +52,10 @@ def configure(c: Config) -> Config:
     c.Autograde.autograde_preprocessors = [EXECUTE, *FINISH]
     c.GenerateFeedback.preprocessors = list(FEEDBACK)
     c.HTMLExporter.sanitize_html = True                   # formgrader and feedback render no student HTML raw
+    # ... and their markdown through the course's filter: links and images only to http(s), mailto, relative paths
+    # and the cell's attachments, a missing attachment as text (nbgrader's formgrade template calls markdown2html
+    # itself, without nbconvert's sanitizer: a config filter is the one hook that reaches formgrader's exporter)
+    c.HTMLExporter.filters = {"markdown2html": MARKDOWN_FILTER}
     c.JudgeExecute.timeout = 60                           # CPU seconds per cell (and per test's calls)
     c.JudgeExecute.notebook_timeout = 900
     c.JudgeExecute.sandbox = "auto"

@@ -10,7 +10,9 @@ What survives from a student's cell outputs: plain text, PNG/JPEG images, and HT
 harmless tags and attributes (tables, lists, emphasis; links only to http(s); images only as inline PNG/JPEG).
 Everything else (JavaScript, SVG, Markdown and LaTeX outputs, widget views, iframes, event handlers, styles) is
 dropped and replaced by its text form. Markdown and raw cells the student wrote are kept as text: HTML in them is
-escaped, not rendered.
+escaped, not rendered. Links and images in markdown may only point to http(s), mailto, relative paths, anchors and
+the cell's own attachments; a cell with anything else is shown as text (:mod:`course_utils.grader.safe_markdown`,
+which also supplies the ``markdown2html`` filter that formgrader's and feedback's exporters use).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
 from course_utils import cells
+from course_utils.grader import safe_markdown
+from course_utils.grader.integrity import METADATA_KEY, Findings
 
 TAGS = ["a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "div", "dl", "dt", "em", "h1", "h2",
         "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "ol", "p", "pre", "q", "s", "samp", "small",
@@ -32,6 +36,7 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src d
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif);base64,[A-Za-z0-9+/=\s]*$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
+_ESCAPED_AUTOLINK = re.compile(r"&lt;((?:https?|mailto):[^\s&<>\"'`\\]+)&gt;", re.I)
 
 
 def _attribute_allowed(tag: str, name: str, value: str) -> bool:
@@ -55,10 +60,16 @@ def clean_html(html: str) -> str:
 
 
 def escape_markdown_html(source: str) -> str:
-    """Markdown with every HTML tag escaped (the text stays readable; nothing in it is rendered as HTML)."""
+    """Markdown with every HTML tag escaped (the text stays readable; nothing in it is rendered as HTML).
+
+    An autolink to http(s) or mailto (``<https://example.org>``) looks like a tag but is markdown: it is put back
+    (only when it holds no ``&``, quote or space), and :func:`~course_utils.grader.safe_markdown.safe_markdown`
+    then checks it like any link.
+    """
     import bleach  # noqa: PLC0415
 
-    return bleach.clean(source, tags=[], attributes={}, strip=False, strip_comments=True)
+    escaped = bleach.clean(source, tags=[], attributes={}, strip=False, strip_comments=True)
+    return _ESCAPED_AUTOLINK.sub(r"<\1>", escaped)
 
 
 def clean_output(output: NotebookNode) -> NotebookNode | None:
@@ -103,20 +114,38 @@ def sanitize_notebook(nb: NotebookNode) -> NotebookNode:
     """Make a graded notebook inert, in place: outputs cleaned, student markdown/raw cells escaped, no widget
     state. The instructor's locked cells keep their markdown: by this stage nbgrader has restored them from the
     source (a cell claiming an unknown id lost its metadata in :class:`~course_utils.grader.integrity.IntegrityCheck`).
+
+    Every markdown cell, the instructor's too (nbgrader restores their source, not their attachments), then goes
+    through :func:`~course_utils.grader.safe_markdown.safe_markdown`: a link or image outside the allow-list, a
+    missing attachment or (in a student's cell) HTML that survived the escaping makes the cell a note plus its
+    text in a code block; the notebook's findings get a note saying which cells. Attachments are kept only as
+    PNG/JPEG/GIF images.
     """
     nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
+    shown_as_text: list[str] = []
+    for index, cell in enumerate(nb.cells):
         instructor = bool(cells.grade_id(cell)) and bool(cells.nbgrader_meta(cell).get("locked"))
-        if not instructor:
+        attachments = safe_markdown.clean_attachments(cell.get("attachments"))   # nbgrader never restores them
+        if attachments and cell.cell_type in ("markdown", "raw"):
+            cell.attachments = attachments
+        else:
             cell.pop("attachments", None)
         if cell.cell_type == "code":
             cell.outputs = [o for o in (clean_output(o) for o in cell.get("outputs", [])) if o is not None]
-        elif cell.cell_type == "markdown" and not instructor:
-            cell.source = escape_markdown_html(cells.source_of(cell))
+        elif cell.cell_type == "markdown":
+            source = cells.source_of(cell)
+            source = source if instructor else escape_markdown_html(source)
+            cell.source, problems = safe_markdown.safe_markdown(source, attachments, raw_html=instructor)
+            if problems:
+                shown_as_text.append(f"cell {index + 1} ({'; '.join(problems)})")
         elif cell.cell_type == "raw":
             for key in ("format", "raw_mimetype"):
                 cell.metadata.pop(key, None)
             cell.source = escape_markdown_html(cells.source_of(cell))
+    if shown_as_text:
+        findings = Findings.from_metadata(nb.metadata.get(METADATA_KEY))
+        findings.note(f"markdown shown as text: {', '.join(shown_as_text)}"[:500])
+        nb.metadata[METADATA_KEY] = findings.as_dict()
     return nb
 
 
