@@ -267,6 +267,7 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
         rendered = markdown_as_formgrader_renders_it(nbformat.reads(graded[student], as_version=4))
         assert not script_urls(rendered) and "[grader] This markdown cell is shown as text" in rendered, rendered
         assert not script_urls(pages[student]) and "shown as text" in pages[student], student
+        assert 'href="evil.html"' not in rendered and 'href="evil.html"' not in pages[student], student
         assert "markdown shown as text" in grades[student]["notes"], grades[student]["notes"]
     assert "an attachment the cell does not have" in pages["missing_attachment"]
 
