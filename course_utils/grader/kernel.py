@@ -10,7 +10,8 @@
 * :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
 * :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget;
 * every output type counts towards the notebook's output cap, and one message may be at most
-  :data:`MAX_MESSAGE_BYTES`.
+  :data:`MAX_MESSAGE_BYTES`; the data files arrive through the inbox of :mod:`course_utils.grader.scratch`, and a
+  kernel that writes on the host's disk (its runtime folder, its log) is stopped.
 Findings (timeouts, a dead kernel, stray processes, truncated output) go to the session's
 :class:`~course_utils.grader.integrity.Findings`.
 """
@@ -29,7 +30,7 @@ from queue import Empty
 from typing import Any
 
 from course_utils.cells import error_output, grade_id
-from course_utils.grader import kernel_client, proxy, sandbox
+from course_utils.grader import kernel_client, proxy, sandbox, scratch
 from course_utils.grader.integrity import Findings
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
@@ -50,6 +51,7 @@ class Settings:
     max_output_bytes: int = 10_000_000
     sandbox: str = "auto"
     memory_mb: int = _DEFAULT_MEMORY_MB
+    disk_mb: int = sandbox.Limits.work_mb    # the working folder and HOME together (bwrap modes)
     stderr_fails_tests: bool = False
     start_attempts: int = 3
     run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
@@ -97,11 +99,11 @@ class KernelSession:
         self.dead: str | None = None
         self.kernel_pid: int | None = None
         self.uid = sandbox.sandbox_uid()
-        self.scratch = sandbox.prepare_scratch()
-        self.workdir = self.scratch / "work"
-        write_files(self.workdir, files)
-        limits = sandbox.Limits(memory_mb=settings.memory_mb)
-        self.km = kernel_client.sandbox_kernel_manager(mode, self.scratch, self.workdir, limits, self.uid)
+        self.scratch = scratch.prepare()
+        self.workdir, self.runtime = self.scratch / "work", self.scratch / "runtime"
+        scratch.post(self.scratch, files)
+        limits = sandbox.Limits(memory_mb=settings.memory_mb, work_mb=settings.disk_mb)
+        self.km = kernel_client.sandbox_kernel_manager(mode, self.runtime, self.workdir, limits, self.uid)
         self.client = kernel_client.capped_client(nb, self.km, self.workdir, settings.max_output_bytes,
                                                   settings.startup_timeout)
         self.deadline = time.monotonic() + settings.notebook_timeout
@@ -109,6 +111,7 @@ class KernelSession:
         self.lock: asyncio.Lock | None = None
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
         self.started = False
+        self.watch: scratch.Watch | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -124,19 +127,20 @@ class KernelSession:
                 cwd=str(self.workdir), env=env, stdout=log, stderr=log, cleanup_kc=True))
             self._cap_sockets()
             await self._bootstrap()
+            if self.mode == "bwrap":        # its sockets are bound: the kernel's uid may write nothing there now
+                scratch.seal(self.runtime)
+            self.watch = scratch.Watch(self.runtime, self.log_path)
         except Exception as err:
             await self.stop()
-            tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ") \
-                if self.log_path.exists() else ""
             raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
-                                   f"kernel log: {tail}") from err
+                                   f"kernel log: {scratch.log_tail(self.log_path, 600)}") from err
         self.started = True
 
     def adopt(self, nb: Any, files: dict[str, bytes], settings: Settings, findings: Findings) -> None:
         """Give a started kernel its notebook: the data files, the settings' clock, where findings go."""
         self.nb, self.settings, self.findings = nb, settings, findings
         self.client.nb = nb
-        write_files(self.workdir, files)
+        scratch.post(self.scratch, files)
         self.deadline = time.monotonic() + settings.notebook_timeout
 
     async def alive(self) -> bool:
@@ -144,6 +148,7 @@ class KernelSession:
 
     async def stop(self) -> None:
         """Stop the kernel and kill every process of its sandbox."""
+        await self._disk_guard()
         try:
             if self._stack is not None:
                 with contextlib.suppress(Exception):
@@ -158,19 +163,25 @@ class KernelSession:
         if not self.started:
             await self.start()
         try:
+            await self._receive("work")      # the data files, before any student code
             yield self
         finally:
             await self.stop()
 
     def cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            tail = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace") if self.log_path.exists() else ""
-            telling = [line.strip() for line in tail.splitlines() if any(
-                w in line for w in ("Error", "Traceback", "Killed", "denied", "failed"))]
-            if telling:
-                self.findings.note("kernel log: " + " / ".join(telling[-3:])[:300])
-        self.log_path.unlink(missing_ok=True)
-        sandbox.remove_scratch(self.scratch)
+        """Note what the kernel's log says, then delete the log and the scratch folder. Never raises."""
+        for note in (scratch.log_note(self.log_path), scratch.remove(self.log_path), scratch.remove(self.scratch)):
+            if note:
+                self.findings.note(note)
+
+    async def _disk_guard(self) -> str | None:
+        """Stop a kernel that wrote on the host's disk outside its tmpfs (see :class:`scratch.Watch`); polled."""
+        found = self.watch.check() if self.watch is not None else None
+        if found and self.dead is None:
+            self.dead = f"the submission {found}: its kernel was stopped"
+            self.findings.flag(self.dead)
+            await self.kill()
+        return found
 
     def _cap_sockets(self) -> None:
         import zmq  # noqa: PLC0415
@@ -185,28 +196,32 @@ class KernelSession:
     async def _bootstrap(self) -> None:
         """Install the oracle (before any student code) and open the judge's comm to it."""
         kc = self.client.kc
-        msg_id = kc.execute(ORACLE_BOOTSTRAP, silent=True, store_history=False)
-        reply = await self._shell_reply(msg_id, self.settings.startup_timeout)
-        if reply is None or reply.get("content", {}).get("status") != "ok":
-            detail = (reply or {}).get("content", {}).get("evalue", "no answer")
-            raise KernelStartError(f"the oracle could not be installed in the kernel: {detail}")
+        await self._receive("home")
+        await self._trusted(ORACLE_BOOTSTRAP, "the oracle could not be installed in the kernel")
         msg = kc.session.msg("comm_open", {"comm_id": self.comm_id, "target_name": "course-oracle", "data": {}})
         kc.shell_channel.send(msg)
         header, _, _ = await self._request({"op": "ping"}, [], Budget(self, "the oracle's start"))
         if header.get("ok") != "pong":
             raise KernelStartError("the oracle did not answer")
 
-    async def _shell_reply(self, msg_id: str, timeout: float) -> dict | None:
+    async def _receive(self, what: str) -> None:
+        """Copy the inbox's ``work`` (data files) or ``home`` (font cache) into the kernel's own folder."""
+        code = scratch.receive_code(self.scratch, what)
+        if code is not None:
+            await self._trusted(code, f"the inbox's {what} files could not be copied into the kernel")
+
+    async def _trusted(self, code: str, failure: str) -> None:
+        """Run the grader's own ``code`` in the kernel (before any student code), silently."""
         kc = self.client.kc
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
+        msg_id = kc.execute(code, silent=True, store_history=False)
+        deadline, reply = time.monotonic() + self.settings.startup_timeout, None
+        while reply is None and time.monotonic() < deadline:
+            with contextlib.suppress(Empty):
                 reply = await kc.shell_channel.get_msg(timeout=max(0.05, deadline - time.monotonic()))
-            except Empty:
-                return None
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                return reply
-        return None
+                reply = reply if reply.get("parent_header", {}).get("msg_id") == msg_id else None
+        if reply is None or reply.get("content", {}).get("status") != "ok":
+            detail = (reply or {}).get("content", {}).get("evalue", "no answer")
+            raise KernelStartError(f"{failure}: {detail}")
 
     # ------------------------------------------------------------------ accounting
 
@@ -260,7 +275,7 @@ class KernelSession:
             reason = None
             while not task.done():
                 await asyncio.wait({task}, timeout=0.25)
-                if task.done():
+                if task.done() or await self._disk_guard():
                     break
                 reason = budget.exceeded()
                 if reason:
@@ -271,6 +286,8 @@ class KernelSession:
                             "of the student's code had run: grade again with a longer --timeout")
                     await self._interrupt(task, reason)
                     break
+            if self.dead is not None and not (await asyncio.wait({task}, timeout=5))[0]:
+                task.cancel()            # (stopped by the disk guard: nbclient notices within a second)
             try:
                 await task
             except DeadKernelError:
@@ -312,6 +329,10 @@ class KernelSession:
         if self.km is not None and self.km.has_kernel:
             with contextlib.suppress(Exception):
                 await self.km.shutdown_kernel(now=True)
+        self.kill_processes()
+
+    def kill_processes(self) -> None:
+        """SIGKILL to every process of the sandbox (needs no event loop: also at a worker's exit)."""
         with contextlib.suppress(Exception):
             for proc in self._processes():
                 os.kill(proc.pid, signal.SIGKILL)
@@ -358,6 +379,8 @@ class KernelSession:
             if idle:
                 raise proxy.KernelGone("the kernel finished the request without answering it (its oracle was "
                                        "replaced or broken by the submission)")
+            if await self._disk_guard():
+                raise proxy.KernelGone(self.dead or "the kernel was stopped")
             reason = budget.exceeded()
             if reason:
                 await self._interrupt_request(msg_id, reason)
@@ -390,16 +413,6 @@ class KernelSession:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """The assignment's data files into ``folder`` (paths that would leave it are skipped)."""
-    root = folder.resolve()
-    for rel, data in files.items():
-        target = (folder / rel).resolve()
-        if root in target.parents:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
 
 
 def label(cell: Any, index: int) -> str:
