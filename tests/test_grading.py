@@ -205,7 +205,8 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
                               if not c.get("metadata", {}).get("nbgrader", {}).get("grade"))
     assert "print('In:', In)" in leaked and "add(-5, -7)" not in student_outputs, "hidden tests reached the kernel"
     # outputs of every type are capped: a 30 MB traceback and 30 MB of display metadata do not survive
-    assert len(graded["huge_outputs"]) < 12_000_000, f"autograded notebook of {len(graded['huge_outputs']):,} bytes"
+    for student in ("huge_outputs", "update_display", "big_message"):
+        assert len(graded[student]) < 12_000_000, f"{student}: autograded notebook of {len(graded[student]):,} bytes"
     # nothing a student wrote is live HTML in the autograded notebook (formgrader renders it)
     xss = json.loads(graded["stored_xss"])
     for cell in xss["cells"]:

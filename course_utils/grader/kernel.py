@@ -8,24 +8,26 @@
   busy neighbour cannot make it time out; a wall-clock bound of ``wall_factor`` times the limit still ends a
   kernel that only sleeps); an interrupt comes first, a kill when it is ignored;
 * :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
-* :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget;
-* every output type counts towards the notebook's output cap, and one message may be at most
-  :data:`MAX_MESSAGE_BYTES`; the data files arrive through the inbox of :mod:`course_utils.grader.scratch`, and a
-  kernel that writes on the host's disk (its runtime folder, its log) is stopped.
-Findings (timeouts, a dead kernel, stray processes, truncated output) go to the session's
-:class:`~course_utils.grader.integrity.Findings`.
+* :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget and
+  at most ``max_received_mb`` of answers per test;
+* every output type (display updates too) counts towards the notebook's output cap; a message over
+  :data:`MAX_MESSAGE_BYTES` is dropped by zmq itself, and the dropped connection is flagged;
+* the data files arrive through the inbox of :mod:`course_utils.grader.scratch`; a kernel that writes on the
+  host's disk beyond its cap (its working folder in the modes that do not isolate, its runtime folder, its log)
+  is stopped and flagged.
+Findings go to the session's :class:`~course_utils.grader.integrity.Findings`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from queue import Empty
 from typing import Any
 
@@ -37,6 +39,7 @@ ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # one message from the kernel (ZMQ drops the peer past it)
 MAX_CALL_OUTPUT = 100_000                # characters of what the student's code prints during one request
 _DEFAULT_MEMORY_MB = sandbox.Limits.memory_mb
+_DEFAULT_DISK_MB = sandbox.Limits.work_mb
 
 
 @dataclass
@@ -51,9 +54,10 @@ class Settings:
     max_output_bytes: int = 10_000_000
     sandbox: str = "auto"
     memory_mb: int = _DEFAULT_MEMORY_MB
-    disk_mb: int = sandbox.Limits.work_mb    # the working folder and HOME together (bwrap modes)
+    disk_mb: int = _DEFAULT_DISK_MB  # the kernel's working folder and HOME together (a tmpfs, or watched)
     stderr_fails_tests: bool = False
     start_attempts: int = 3
+    max_received_mb: int = 256       # bytes of answers the judge accepts from the kernel per cell or test
     run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
 
 
@@ -70,6 +74,7 @@ class Budget:
 
     def __init__(self, session: "KernelSession", what: str) -> None:
         self.session, self.what = session, what
+        self.received = 0
         self.cpu_start = session.cpu_now()
         self.wall_start = time.monotonic()
 
@@ -84,6 +89,18 @@ class Budget:
         if time.monotonic() > self.session.deadline:
             return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
         return None
+
+    def take(self, header: dict, buffers: list) -> None:
+        """Count one reply against the bytes the judge accepts from the kernel for this cell or test."""
+        self.received += sum(len(b) for b in buffers) + len(json.dumps(header, default=str))
+        limit = self.session.settings.max_received_mb
+        if limit and self.received > limit * 2**20:
+            raise TooMuchDataError(f"{self.what}: the student's code sent more than {limit} MB of answers "
+                                   "(the grader's limit per test)")
+
+
+class TooMuchDataError(RuntimeError):
+    """The values a test received from the student's code add up to more than the grader accepts."""
 
 
 class KernelSession:
@@ -103,7 +120,8 @@ class KernelSession:
         self.workdir, self.runtime = self.scratch / "work", self.scratch / "runtime"
         scratch.post(self.scratch, files)
         limits = sandbox.Limits(memory_mb=settings.memory_mb, work_mb=settings.disk_mb)
-        self.km = kernel_client.sandbox_kernel_manager(mode, self.runtime, self.workdir, limits, self.uid)
+        self.km = kernel_client.sandbox_kernel_manager(mode, self.runtime, self.workdir, limits, self.uid,
+                                                       MAX_MESSAGE_BYTES)
         self.client = kernel_client.capped_client(nb, self.km, self.workdir, settings.max_output_bytes,
                                                   settings.startup_timeout)
         self.deadline = time.monotonic() + settings.notebook_timeout
@@ -112,6 +130,8 @@ class KernelSession:
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
         self.started = False
         self.watch: scratch.Watch | None = None
+        self.disk_full: str | None = None
+        self.drops: kernel_client.DropWatch | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -125,11 +145,12 @@ class KernelSession:
         try:
             await self._stack.enter_async_context(self.client.async_setup_kernel(
                 cwd=str(self.workdir), env=env, stdout=log, stderr=log, cleanup_kc=True))
-            self._cap_sockets()
+            self.drops = kernel_client.DropWatch(self.client.kc.iopub_channel.socket)
             await self._bootstrap()
             if self.mode == "bwrap":        # its sockets are bound: the kernel's uid may write nothing there now
                 scratch.seal(self.runtime)
-            self.watch = scratch.Watch(self.runtime, self.log_path)
+            self.watch = scratch.Watch(self.scratch, self.log_path, self.settings.disk_mb,
+                                       host_work=self.mode not in sandbox.ISOLATING_MODES)
         except Exception as err:
             await self.stop()
             raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
@@ -156,6 +177,8 @@ class KernelSession:
         finally:
             self._stack = None
             await self.kill()
+            self.drops = None
+            kernel_client.close_context(self.km)
 
     @contextlib.asynccontextmanager
     async def running(self):  # noqa: ANN201 - an async context manager
@@ -175,23 +198,29 @@ class KernelSession:
                 self.findings.note(note)
 
     async def _disk_guard(self) -> str | None:
-        """Stop a kernel that wrote on the host's disk outside its tmpfs (see :class:`scratch.Watch`); polled."""
-        found = self.watch.check() if self.watch is not None else None
+        """Polled while a cell or a request runs, and after each cell (see :class:`scratch.Watch`): a kernel that
+        wrote on the host's disk beyond its limits is stopped and flagged, and its message returned; one that
+        filled its own tmpfs (bwrap modes: nothing reached the host) is flagged once."""
+        if self.watch is None:
+            return None
+        found = self.watch.check()
         if found and self.dead is None:
             self.dead = f"the submission {found}: its kernel was stopped"
             self.findings.flag(self.dead)
             await self.kill()
+        if not self.disk_full and self.dead is None and not self.watch.host_work:
+            if self.kernel_pid is None:
+                self.kernel_pid = kernel_client.kernel_pid(self._processes())
+            self.disk_full = self.watch.tmpfs_full(self.kernel_pid)
+            if self.disk_full:
+                self.findings.flag(f"the submission {self.disk_full}")
         return found
 
-    def _cap_sockets(self) -> None:
-        import zmq  # noqa: PLC0415
-
-        kc = self.client.kc
-        for channel in (kc.iopub_channel, kc.shell_channel, kc.control_channel):
-            socket_ = getattr(channel, "socket", None)
-            if socket_ is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    socket_.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    def check_connection(self) -> None:
+        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES`."""
+        if self.drops is not None and self.drops.dropped():
+            self.findings.flag(f"the kernel sent a message larger than the {MAX_MESSAGE_BYTES // 2**20} MB the grader "
+                               "accepts (or broke its connection): the message was dropped")
 
     async def _bootstrap(self) -> None:
         """Install the oracle (before any student code) and open the judge's comm to it."""
@@ -275,7 +304,7 @@ class KernelSession:
             reason = None
             while not task.done():
                 await asyncio.wait({task}, timeout=0.25)
-                if task.done() or await self._disk_guard():
+                if await self._disk_guard() or task.done():
                     break
                 reason = budget.exceeded()
                 if reason:
@@ -307,6 +336,7 @@ class KernelSession:
                 self.findings.flag(f"cell {label(cell, index)}: {reason}")
             if self.client.truncated:
                 self.findings.note(f"output truncated (more than {self.settings.max_output_bytes:,} bytes)")
+            self.check_connection()
             if self.dead is None:
                 self.end_strays()
 
@@ -391,6 +421,8 @@ class KernelSession:
                     self.dead = "the kernel died during a test's call into the student's code"
                     self.findings.flag(self.dead)
                     raise proxy.KernelGone(self.dead)
+        self.check_connection()
+        budget.take(*reply)
         return reply[0], reply[1], "".join(output)
 
     async def _interrupt_request(self, msg_id: str, reason: str) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 from course_utils.cells import error_output, stream_output
 from course_utils.grader import sandbox
 
+RECEIVE_QUEUE = 64     # messages a socket of ours queues before dropping (zmq's default is 1000)
+
 
 def capped_client(nb: Any, km: Any, workdir: Path, max_output_bytes: int, startup_timeout: int) -> Any:
     """nbclient's NotebookClient with an output budget (``max_output_bytes``) that counts every output type."""
@@ -44,6 +46,16 @@ def capped_client(nb: Any, km: Any, workdir: Path, max_output_bytes: int, startu
                 return None
             return super().output(outs, msg, display_id, cell_index)
 
+        def _update_display_id(self, display_id: str, msg: dict) -> None:
+            # ``update_display`` (and a display with a known id) rewrites earlier outputs without passing through
+            # ``output``: it counts once per output it rewrites, and past the budget it rewrites nothing.
+            targets = sum(len(indices) for indices in self._display_id_map.get(display_id, {}).values())
+            self.output_bytes += _size(msg.get("content", {})) * targets
+            if targets and self.output_bytes > max_output_bytes:
+                self.truncated.add(-1)   # the session reports it: an update was dropped
+                return None
+            return super()._update_display_id(display_id, msg)
+
         def on_comm_open_jupyter_widget(self, msg: dict) -> None:
             return None   # no widget front end is emulated: a widget's outputs stay in its cell, as text
 
@@ -54,10 +66,21 @@ def capped_client(nb: Any, km: Any, workdir: Path, max_output_bytes: int, startu
                         on_cell_executed=_record_silent_error, resources={"metadata": {"path": str(workdir)}})
 
 
-def sandbox_kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sandbox.Limits, uid: int) -> Any:
+def sandbox_kernel_manager(mode: str, runtime: Path, workdir: Path, limits: sandbox.Limits, uid: int,
+                           max_message_bytes: int) -> Any:
+    """The kernel's manager; its sockets (and its client's) take at most ``max_message_bytes`` per message and
+    queue few messages, and no stdin channel is opened (nothing reads it: a kernel could fill it without end)."""
+    import zmq  # noqa: PLC0415
+    import zmq.asyncio  # noqa: PLC0415
+    from jupyter_client.asynchronous import AsyncKernelClient  # noqa: PLC0415
     from jupyter_client.kernelspec import KernelSpec  # noqa: PLC0415
     from jupyter_client.manager import AsyncKernelManager  # noqa: PLC0415
     from traitlets import List, Unicode  # noqa: PLC0415
+
+    class NoStdinClient(AsyncKernelClient):
+        def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = True,
+                           control: bool = True) -> None:
+            super().start_channels(shell=shell, iopub=iopub, stdin=False, hb=hb, control=control)
 
     class SandboxKernelManager(AsyncKernelManager):
         """A kernel manager whose kernel command is the sandbox command line (interrupts go by message)."""
@@ -69,8 +92,50 @@ def sandbox_kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sand
             return KernelSpec(argv=list(self.sandbox_argv), display_name="Python 3 (grading sandbox)",
                               language="python", interrupt_mode="message", env={}, metadata={})
 
-    return SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"),
-                                sandbox_argv=sandbox.kernel_argv(mode, scratch, workdir, limits, uid=uid))
+        def client(self, **kwargs: Any) -> Any:
+            kwargs.setdefault("context", self.context)   # the capped context, not a fresh one
+            return super().client(**kwargs)
+
+    # Socket options set on the context apply to every socket made from it, before it connects (an option set
+    # on a connected socket is not applied to that connection).
+    context = zmq.asyncio.Context()
+    context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)   # a larger message drops the connection, not memory
+    context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+    return SandboxKernelManager(transport="ipc", connection_file=str(runtime / "kernel.json"), context=context,
+                                client_factory=NoStdinClient,
+                                sandbox_argv=sandbox.kernel_argv(mode, runtime, workdir, limits, uid=uid))
+
+
+def close_context(km: Any) -> None:
+    """Close the manager's zmq context (its sockets first); the manager did not create it, so it would not."""
+    context = getattr(km, "context", None)
+    if context is not None and not context.closed:
+        context.destroy(linger=0)
+
+
+class DropWatch:
+    """Notices when the kernel's iopub connection was dropped: a message over the size cap, or a broken peer.
+
+    libzmq closes a connection that delivers a message larger than ``MAXMSGSIZE`` and connects again; the message
+    is lost, and so may be the few that followed. Reading the socket's monitor after a cell says it happened."""
+
+    def __init__(self, socket_: Any) -> None:
+        import zmq  # noqa: PLC0415
+
+        self._zmq = zmq
+        self.monitor = zmq.Socket.shadow(socket_.get_monitor_socket(zmq.EVENT_DISCONNECTED).underlying)
+
+    def dropped(self) -> int:
+        """How many times the connection was dropped since the last call."""
+        count = 0
+        while True:
+            try:
+                self.monitor.recv_multipart(self._zmq.NOBLOCK)
+            except self._zmq.Again:
+                return count
+            except self._zmq.ZMQError:
+                return count
+            count += 1
 
 
 def kernel_pid(procs: list[sandbox.Process]) -> int | None:

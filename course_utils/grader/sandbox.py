@@ -328,3 +328,4 @@ def processes(root_pid: int | None, uid: int | None = None) -> list[Process]:
 
 def cpu_seconds(procs: list[Process]) -> float:
     return sum(p.cpu_seconds for p in procs)
+

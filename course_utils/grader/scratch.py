@@ -1,6 +1,7 @@
 """A kernel's scratch folder on the host, and the little of it that the student's code may touch.
 
-One folder per kernel, ``/tmp/cgk-XXXX`` (a short path: Unix socket names are limited to 107 bytes)::
+One folder per kernel, ``/tmp/cgk-XXXX`` or, in a local worker, ``/tmp/cgk-PID-XXXX`` with its coordinator's pid
+(:func:`set_owner`; a short path: Unix socket names are limited to 107 bytes)::
 
     runtime/        the connection file and the kernel's ipc sockets: the only host folder the kernel may write,
                     and only while it starts (sealed after the start in the ``bwrap`` mode, watched in every mode)
@@ -20,20 +21,31 @@ whatever a kernel left behind (deep chains, read-only folders, many files) and n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 RUNTIME_ENTRY_BYTES = 1024 * 1024      # the connection file is < 1 kB; sockets are 0 bytes
 LOG_BYTES = 32 * 1024 * 1024           # a kernel's own log is a few kB (ipykernel captures the cells' fds)
+FULL_MARGIN = 1024 * 1024              # a tmpfs with less free space than this is full
+WALK_EVERY = 0.25                      # seconds between two walks of a host working folder (at least)
+_OWNER = ""                            # see set_owner
+
+
+def set_owner(tag: str) -> None:
+    """Name this process's scratch folders ``cgk-TAG-XXXX`` (a local worker: its coordinator's pid), so that a
+    leftover can be traced to its grading run."""
+    global _OWNER
+    _OWNER = "".join(c for c in str(tag) if c.isalnum())[:16]
 
 
 def prepare(prefix: str = "cgk-") -> Path:
     """A fresh scratch folder for one kernel (see the module docstring for its layout)."""
     base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}{_OWNER}-" if _OWNER else prefix, dir=base))
     root.chmod(0o755)
     for sub in ("work", "home", "runtime", "inbox/work", "inbox/home/.config/matplotlib"):
         (root / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -83,14 +95,25 @@ def seal(runtime: Path) -> None:
 
 
 class Watch:
-    """What the kernel may leave on the host after its start: the entries of ``runtime`` it had then (none of
-    them a folder or a big file) and a log below :data:`LOG_BYTES`. :meth:`check` says what it did otherwise."""
+    """The kernel's use of the host's disk, checked by the kernel's poll a few times a second (:meth:`check`).
 
-    def __init__(self, runtime: Path, log: Path) -> None:
-        self.runtime, self.log = runtime, log
-        self.expected = frozenset(os.listdir(runtime))
+    * what it may leave in ``runtime`` after its start: the entries it had then, none a folder or a big file;
+    * its log: below :data:`LOG_BYTES`;
+    * ``host_work`` (the modes that do not isolate, where ``work`` and ``home`` are host folders): their total
+      below ``disk_mb`` (a walk of both, at most every :data:`WALK_EVERY` seconds and never more than a tenth
+      of the time);
+    * otherwise (bwrap) ``work`` and ``home`` share one tmpfs of ``disk_mb``: :meth:`tmpfs_full` says when it is
+      full (the writes that did not fit failed in the kernel; the host's disk was never at risk).
+    """
+
+    def __init__(self, root: Path, log: Path, disk_mb: int, host_work: bool) -> None:
+        self.root, self.runtime, self.log = Path(root), Path(root) / "runtime", Path(log)
+        self.disk_mb, self.host_work = disk_mb, host_work
+        self.expected = frozenset(os.listdir(self.runtime))
+        self._next_walk = 0.0
 
     def check(self) -> str | None:
+        """What the kernel wrote on the host's disk that it may not (its kernel must be stopped), or None."""
         try:
             with os.scandir(self.runtime) as entries:
                 for entry in entries:
@@ -104,46 +127,115 @@ class Watch:
                 return f"wrote more than {LOG_BYTES // 2**20} MB to the kernel's log on the grader's disk"
         except OSError:
             return None
+        if self.host_work and self.disk_mb and time.monotonic() >= self._next_walk:
+            began = time.monotonic()
+            used = disk_usage([self.root / "work", self.root / "home"], stop_at=self.disk_mb * 2**20)
+            self._next_walk = time.monotonic() + max(WALK_EVERY, 10 * (time.monotonic() - began))
+            if used > self.disk_mb * 2**20:
+                return (f"wrote more than the {self.disk_mb} MB disk limit of its working folder and HOME on the "
+                        "grader's disk")
         return None
+
+    def tmpfs_full(self, pid: int | None) -> str | None:
+        """bwrap modes: whether the tmpfs of ``work`` and ``home`` is full, as the sandbox's process ``pid`` sees
+        it (``/proc/PID/root``: the tmpfs exists only in the sandbox's mount namespace). None when it is not, or
+        when there is no such process."""
+        if self.host_work or not self.disk_mb or pid is None:
+            return None
+        try:
+            fs = os.statvfs(f"/proc/{pid}/root{self.root}")
+        except OSError:
+            return None
+        size, free = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+        if size > (self.disk_mb + 1) * 2**20 or size == 0:
+            return None           # not our tmpfs (the kernel is gone, or a pid was reused)
+        if free < FULL_MARGIN:
+            return (f"filled the {self.disk_mb} MB disk limit of its working folder and HOME (its writes past it "
+                    "failed)")
+        return None
+
+
+def disk_usage(folders: list[Path], stop_at: int = 0) -> int:
+    """Bytes of disk the files below ``folders`` take (``st_blocks``: a sparse file costs what it holds), walked
+    without recursion and without following links; stops counting past ``stop_at`` (0: never)."""
+    total, stack = 0, [str(f) for f in folders]
+    while stack and not (stop_at and total > stop_at):
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 def remove(path: Path) -> str | None:
-    """Delete ``path`` whatever a kernel left in it (a 3,000-deep chain, read-only folders, 200,000 files).
+    """Delete ``path`` whatever a kernel left in it (a 3,000-deep chain, read-only folders, many files).
 
-    Never raises: None when it is gone, else what is left. ``shutil.rmtree`` first (it recurses in Python and can
-    fail with RecursionError), then ``chmod -R u+rwx`` and ``rm -rf``, which walk any depth without following
-    links."""
+    Never raises: None when it is gone, else what is left, in words. The walk (:func:`_remove_tree`) is
+    iterative and relative to open folders, so neither depth nor path length stops it; a folder the kernel
+    made read-only (or unreadable) is given back to its owner first. Links are removed, never followed."""
     path = Path(path)
-    if not os.path.lexists(path):
-        return None
-    if path.is_symlink() or not path.is_dir():
-        try:
-            path.unlink()
+    try:
+        if not os.path.lexists(path):
             return None
-        except OSError as err:
-            return f"the grader could not remove {path}: {type(err).__name__}"
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            _remove_tree(str(path))
+    except Exception as err:  # noqa: BLE001 - whatever happened, the caller carries on with a note
+        left = os.path.lexists(path)
+        return f"the grader could not remove {path}{' completely' if left else ''}: {type(err).__name__}: " \
+               f"{str(err)[:200]}"
+    return None
 
-    def _writable_parent(_func, failed, _exc):  # noqa: ANN001 - rmtree's onerror: a read-only folder in the way
-        parent = os.path.dirname(failed)
-        if os.path.isdir(parent) and not os.path.islink(parent):
-            try:
-                os.chmod(parent, 0o700)
-                _func(failed)
-            except OSError:
-                pass
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
     try:
-        shutil.rmtree(path, onerror=_writable_parent)
-    except (OSError, RecursionError, ValueError):
-        pass
-    if not os.path.lexists(path):
-        return None
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:          # a folder the kernel made unreadable: give it back, then open it
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _remove_tree(top: str) -> None:
+    """Remove the folder ``top`` and everything below it, depth first, holding at most two folders open."""
+    fd, names = _open_dir(top, None), []            # names: the way down from ``top``
     try:
-        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, timeout=300)
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as err:
-        return f"the grader could not remove {path}: {type(err).__name__}: {str(err)[:200]}"
-    return None if not os.path.lexists(path) else f"the grader could not remove {path} completely"
+        while True:
+            with contextlib.suppress(OSError):
+                os.chmod(fd, 0o700)                  # a read-only folder: its entries could not be removed
+            child = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if child is not None:                    # down into it
+                below = _open_dir(child, fd)
+                os.close(fd)
+                fd = below
+                names.append(child)
+                continue
+            if not names:                            # ``top`` is empty
+                break
+            above = os.open("..", _DIR_FLAGS, dir_fd=fd)    # the kernel is gone: nothing moves under us
+            os.close(fd)
+            fd = above
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(top)
 
 
 def log_tail(log: Path, limit: int) -> str:

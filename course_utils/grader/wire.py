@@ -54,7 +54,7 @@ class WireError(ValueError):
 class Limits:
     """What the judge accepts from a kernel in one reply."""
 
-    max_bytes: int = 512 * 1024 * 1024     # all buffers together
+    max_bytes: int = 64 * 1024 * 1024      # all buffers together (zmq drops a larger message: kernel.MAX_MESSAGE_BYTES)
     max_nodes: int = 2_000_000             # JSON nodes
     max_depth: int = 64
     max_str: int = 20_000_000              # characters in one string

@@ -5,55 +5,115 @@ judges one notebook after another (:func:`judge.grade`). The coordinator (:mod:`
 only submits jobs and collects results; it alone writes the gradebook.
 
 :class:`LocalWorkers` keeps ``n`` such processes. A worker that dies in the middle of a job (killed, out of
-memory, a crash in a library) breaks nothing else: the pool is rebuilt and the job is tried again, up to
-``retries`` times, after which its result says ``error`` with the reason. The Dask cluster executor
+memory, a crash in a library) breaks its pool, and every job of the pool fails with it, the innocent ones too. So:
+
+* a job that had not started yet is simply submitted again;
+* a job that was running when the pool broke is a *suspect*: it is tried again **alone**, in a one-process
+  quarantine pool, so that a submission that kills its worker only ever breaks itself;
+* a suspect that breaks the quarantine pool too is the cause: it is tried ``retries`` more times, after which its
+  result says ``error`` with the reason.
+
+A worker's memory is capped (``memory_mb``, the address space of the worker process): an allocation past it
+(a judge computing on a student's absurd value) raises ``MemoryError`` in that one test instead of waking the
+kernel's OOM killer. The sandboxed kernel sets its own limit. The Dask cluster executor
 (:mod:`course_utils.grader.cluster`) offers the same interface.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import tempfile
 import threading
+import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable
 
-from course_utils.grader import judge
+from course_utils.grader import judge, scratch
+
+MAX_WAITS = 20            # pool breaks a job may wait through before it starts (workers that cannot start)
+DEFAULT_MEMORY_MB = 6144   # a warm worker grading the largest notebook peaks at about 1.9 GB of address space
+
+
+def start_worker(memory_mb: int, warm: bool = True, owner: str = "") -> None:
+    """A worker's initializer: cap its address space (soft limit: the sandbox launcher sets the kernel's own),
+    name its kernels' scratch folders after ``owner`` (the coordinator's pid: ``/tmp/cgk-PID-*``), then import
+    what grading needs (``warm``). A worker that exits removes its spare kernel's folder (``judge._WarmKernels``)."""
+    if owner:
+        scratch.set_owner(owner)
+    if memory_mb:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = memory_mb * 2**20
+        if hard == resource.RLIM_INFINITY or hard > limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    if warm:
+        judge.warm_up()
+
+
+def run_marked(grade: Callable[[judge.Job], judge.Result], job: judge.Job, marker: str) -> judge.Result:
+    """Run ``grade(job)`` in a worker, leaving ``marker`` on disk while it runs (the coordinator reads it when
+    the pool breaks: was this job running, or still waiting?)."""
+    path = Path(marker)
+    path.touch()
+    try:
+        return grade(job)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 class LocalWorkers:
-    """``n`` warm worker processes on this machine."""
+    """``n`` warm worker processes on this machine (see the module docstring)."""
 
-    def __init__(self, n: int = 1, retries: int = 2, tasks_per_worker: int = 50) -> None:
+    def __init__(self, n: int = 1, retries: int = 2, tasks_per_worker: int = 50,
+                 memory_mb: int = DEFAULT_MEMORY_MB,
+                 grade: Callable[[judge.Job], judge.Result] = judge.grade, warm: bool = True) -> None:
         if n < 1:
             raise ValueError(f"--jobs must be at least 1, got {n}")
         self.n, self.retries, self.tasks_per_worker = n, retries, tasks_per_worker
+        self.memory_mb, self.grade, self.warm = memory_mb, grade, warm
         self.lock = threading.Lock()
-        self.pool = self._new_pool()
+        self.markers = Path(tempfile.mkdtemp(prefix="course-workers-"))
+        self.pool = self._new_pool(n)
+        self.quarantine: ProcessPoolExecutor | None = None
         self.description = f"{n} local worker process{'es' if n > 1 else ''}"
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=judge.warm_up, max_tasks_per_child=self.tasks_per_worker)
+    def _new_pool(self, n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=start_worker, initargs=(self.memory_mb, self.warm, str(os.getpid())),
+                                   max_tasks_per_child=self.tasks_per_worker)
 
     def submit(self, job: judge.Job) -> "Future[judge.Result]":
         outer: Future[judge.Result] = Future()
-        self._attempt(job, outer, attempt=1)
+        self._attempt(job, outer, failures=0, alone=False, waits=0)
         return outer
 
-    def _attempt(self, job: judge.Job, outer: "Future[judge.Result]", attempt: int) -> None:
+    def _pool(self, alone: bool) -> ProcessPoolExecutor:
         with self.lock:
-            pool = self.pool
+            if not alone:
+                return self.pool
+            if self.quarantine is None:
+                self.quarantine = self._new_pool(1)
+            return self.quarantine
+
+    def _attempt(self, job: judge.Job, outer: "Future[judge.Result]", failures: int, alone: bool,
+                 waits: int) -> None:
+        marker = str(self.markers / uuid.uuid4().hex)
+        pool = self._pool(alone)
         try:
-            inner = pool.submit(judge.grade, job)
+            inner = pool.submit(run_marked, self.grade, job, marker)
         except (BrokenProcessPool, RuntimeError):
             self._rebuild(pool)
-            with self.lock:
-                inner = self.pool.submit(judge.grade, job)
-        inner.add_done_callback(self._on_done(job, outer, attempt, pool))
+            pool = self._pool(alone)
+            inner = pool.submit(run_marked, self.grade, job, marker)
+        inner.add_done_callback(self._on_done(job, outer, failures, alone, waits, pool, marker))
 
-    def _on_done(self, job: judge.Job, outer: "Future[judge.Result]", attempt: int,
-                 pool: ProcessPoolExecutor) -> Callable[[Future], None]:
+    def _on_done(self, job: judge.Job, outer: "Future[judge.Result]", failures: int, alone: bool, waits: int,
+                 pool: ProcessPoolExecutor, marker: str) -> Callable[[Future], None]:
         def done(inner: Future) -> None:
             if outer.cancelled():
                 return
@@ -61,25 +121,47 @@ class LocalWorkers:
             if error is None:
                 outer.set_result(inner.result())
                 return
-            if isinstance(error, BrokenProcessPool) and attempt <= self.retries:
-                self._rebuild(pool)
-                threading.Thread(target=self._attempt, args=(job, outer, attempt + 1), daemon=True).start()
+            if not isinstance(error, BrokenProcessPool):
+                outer.set_result(self._error(job, f"the worker failed: {type(error).__name__}: {error}"))
                 return
-            outer.set_result(judge.Result(job.student, job.assignment, job.notebook, status="error",
-                                          error=f"the worker failed {attempt} time(s): {type(error).__name__}: "
-                                                f"{error}"))
+            self._rebuild(pool)
+            was_running = Path(marker).exists()
+            Path(marker).unlink(missing_ok=True)
+            if not was_running and waits >= MAX_WAITS:
+                outer.set_result(self._error(job, f"the worker pool broke {waits + 1} times before this submission "
+                                                  f"could start (do the workers start at all?): {error}"))
+                return
+            if not was_running:                 # it never ran: it cannot have broken anything
+                again = (failures, alone, waits + 1)
+            elif not alone:                     # a suspect: try it alone, where only it can break its worker
+                again = (failures, True, waits)
+            elif failures < self.retries:       # it broke its worker alone: the cause; a few more tries
+                again = (failures + 1, True, waits)
+            else:
+                outer.set_result(self._error(job, f"the worker failed {failures + 1} time(s) while grading this "
+                                                  f"submission alone: {type(error).__name__}: {error}"))
+                return
+            threading.Thread(target=self._attempt, args=(job, outer, *again), daemon=True).start()
         return done
+
+    @staticmethod
+    def _error(job: judge.Job, reason: str) -> judge.Result:
+        return judge.Result(job.student, job.assignment, job.notebook, status="error", error=reason)
 
     def _rebuild(self, broken: ProcessPoolExecutor) -> None:
         with self.lock:
             if self.pool is broken:
-                self.pool = self._new_pool()
+                self.pool = self._new_pool(self.n)
+            elif self.quarantine is broken:
+                self.quarantine = self._new_pool(1)
         broken.shutdown(wait=False, cancel_futures=False)
 
     def shutdown(self, cancel: bool = False) -> None:
         with self.lock:
-            pool = self.pool
-        if cancel:
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
-        pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            pools = [p for p in (self.pool, self.quarantine) if p is not None]
+        for pool in pools:
+            if cancel:
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.kill()
+            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        shutil.rmtree(self.markers, ignore_errors=True)
