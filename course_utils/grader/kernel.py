@@ -217,8 +217,9 @@ class KernelSession:
         return found
 
     def check_connection(self) -> None:
-        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES`."""
-        if self.drops is not None and self.drops.dropped():
+        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES` (not once it
+        died or was stopped: that drops the connection too, and has its own flag)."""
+        if self.drops is not None and self.drops.dropped() and self.dead is None:
             self.findings.flag(f"the kernel sent a message larger than the {MAX_MESSAGE_BYTES // 2**20} MB the grader "
                                "accepts (or broke its connection): the message was dropped")
 
