@@ -1,7 +1,8 @@
 """A kernel's scratch folder on the host, and the little of it that the student's code may touch.
 
-One folder per kernel, ``/tmp/cgk-XXXX`` or, in a local worker, ``/tmp/cgk-PID-XXXX`` with its coordinator's pid
-(:func:`set_owner`; a short path: Unix socket names are limited to 107 bytes)::
+One folder per kernel, ``/tmp/cgk-XXXX`` or, in a local worker, ``/tmp/cgk-PID-N-XXXX`` with its coordinator's pid
+and pool number (:func:`set_owner`; a short path: Unix socket names are limited to 107 bytes). When its workers
+have exited, the coordinator removes what a worker that died left of its pool's folders (:func:`sweep`)::
 
     runtime/        the connection file and the kernel's ipc sockets: the only host folder the kernel may write,
                     and only while it starts (sealed after the start in the ``bwrap`` mode, watched in every mode)
@@ -36,16 +37,23 @@ _OWNER = ""                            # see set_owner
 
 
 def set_owner(tag: str) -> None:
-    """Name this process's scratch folders ``cgk-TAG-XXXX`` (a local worker: its coordinator's pid), so that a
-    leftover can be traced to its grading run."""
+    """Name this process's scratch folders ``cgk-TAG-XXXX`` (a local worker: ``PID-N``, its coordinator's pid and
+    pool number), so that a leftover can be traced to its grading run and swept (:func:`sweep`)."""
     global _OWNER
-    _OWNER = "".join(c for c in str(tag) if c.isalnum())[:16]
+    _OWNER = _tag(tag)
+
+
+def _tag(tag: str) -> str:
+    return "".join(c for c in str(tag) if c.isalnum() or c == "-").strip("-")[:24]
+
+
+def _base() -> str:
+    return "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else tempfile.gettempdir()
 
 
 def prepare(prefix: str = "cgk-") -> Path:
     """A fresh scratch folder for one kernel (see the module docstring for its layout)."""
-    base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix=f"{prefix}{_OWNER}-" if _OWNER else prefix, dir=base))
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}{_OWNER}-" if _OWNER else prefix, dir=_base()))
     root.chmod(0o755)
     for sub in ("work", "home", "runtime", "inbox/work", "inbox/home/.config/matplotlib"):
         (root / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -194,6 +202,17 @@ def remove(path: Path) -> str | None:
         return f"the grader could not remove {path}{' completely' if left else ''}: {type(err).__name__}: " \
                f"{str(err)[:200]}"
     return None
+
+
+def sweep(owner: str) -> list[str]:
+    """Remove every scratch folder and log named after ``owner`` (see :func:`set_owner`): what the kernels of a
+    worker that died left behind. Call it only once no process of that owner runs. Returns notes of what could
+    not be removed (never raises)."""
+    tag = _tag(owner)
+    if not tag:
+        raise ValueError(f"sweep needs the owner tag its workers were given (like '1234-1'), got {owner!r}")
+    leftovers = sorted(Path(_base()).glob(f"cgk-{tag}-*"))
+    return [note for note in (remove(path) for path in leftovers) if note]
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
