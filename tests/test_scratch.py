@@ -194,3 +194,16 @@ def test_the_judges_cleanup_runs_every_step_and_only_notes_a_failure(tmp_path: P
     assert run.judge.closed, "a failed step skipped closing the judge"
     assert run.findings.review == [], "a cleanup failure is no reason to flag a submission"
     assert any("cleanup failed" in n and "OSError" in n for n in run.findings.notes), run.findings.notes
+
+
+def test_sweep_removes_only_its_owners_folders():
+    mine, other = scratch.prepare(prefix="cgk-sweeptest-a-"), scratch.prepare(prefix="cgk-sweeptest-ab-")
+    try:
+        (mine.parent / f"{mine.name}.log").write_text("log")
+        assert scratch.sweep("sweeptest-a") == []
+        assert not mine.exists() and not (mine.parent / f"{mine.name}.log").exists()
+        assert other.exists(), "sweep removed the folder of another owner whose tag merely starts the same way"
+    finally:
+        scratch.remove(other)
+    with pytest.raises(ValueError, match="got ''"):
+        scratch.sweep("")
