@@ -36,9 +36,10 @@ from typing import Any
 from course_utils import cells
 from course_utils.grader import plan as planning
 from course_utils.grader import proxy, sandbox, scratch, version
+from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
 from course_utils.grader.interpreter import Interpreter, Verdict
-from course_utils.grader.kernel import Budget, GraderTooSlowError, KernelSession, KernelStartError, Settings
+from course_utils.grader.kernel import GraderTooSlowError, KernelSession, KernelStartError, Settings
 
 __all__ = ["GraderTooSlowError", "Job", "KernelStartError", "Result", "Settings", "Verdict", "grade", "warm_up"]
 

@@ -4,9 +4,8 @@
 
 * it starts the kernel (:mod:`course_utils.grader.sandbox`) and, before any student code, installs the oracle
   (:mod:`course_utils.grader.oracle`) and opens the judge's comm to it;
-* :meth:`KernelSession.execute` runs one cell; its time is charged to the sandbox's own CPU (:class:`Budget`: a
-  busy neighbour cannot make it time out; a wall-clock bound of ``wall_factor`` times the limit still ends a
-  kernel that only sleeps); an interrupt comes first, a kill when it is ignored;
+* :meth:`KernelSession.execute` runs one cell within a :class:`~course_utils.grader.budget.Budget` (the
+  sandbox's own CPU time, a wall-clock bound, the notebook's deadline); an interrupt first, a kill if ignored;
 * :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
 * :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget and
   at most ``max_received_mb`` of answers per test;
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -33,6 +31,7 @@ from typing import Any
 
 from course_utils.cells import error_output, grade_id
 from course_utils.grader import kernel_client, proxy, sandbox, scratch
+from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
@@ -67,40 +66,6 @@ class GraderTooSlowError(RuntimeError):
 
 class KernelStartError(RuntimeError):
     """The sandboxed kernel did not come up (before any of the submission's code ran)."""
-
-
-class Budget:
-    """CPU and wall-clock allowance of one cell, or of one test's calls into the kernel."""
-
-    def __init__(self, session: "KernelSession", what: str) -> None:
-        self.session, self.what = session, what
-        self.received = 0
-        self.cpu_start = session.cpu_now()
-        self.wall_start = time.monotonic()
-
-    def exceeded(self) -> str | None:
-        settings = self.session.settings
-        cpu = self.session.cpu_now() - self.cpu_start
-        wall = time.monotonic() - self.wall_start
-        if cpu > settings.timeout:
-            return f"{self.what} timed out (more than {settings.timeout} s of CPU time)"
-        if wall > settings.timeout * settings.wall_factor:
-            return f"{self.what} timed out (more than {settings.timeout * settings.wall_factor:g} s)"
-        if time.monotonic() > self.session.deadline:
-            return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
-        return None
-
-    def take(self, header: dict, buffers: list) -> None:
-        """Count one reply against the bytes the judge accepts from the kernel for this cell or test."""
-        self.received += sum(len(b) for b in buffers) + len(json.dumps(header, default=str))
-        limit = self.session.settings.max_received_mb
-        if limit and self.received > limit * 2**20:
-            raise TooMuchDataError(f"{self.what}: the student's code sent more than {limit} MB of answers "
-                                   "(the grader's limit per test)")
-
-
-class TooMuchDataError(RuntimeError):
-    """The values a test received from the student's code add up to more than the grader accepts."""
 
 
 class KernelSession:
