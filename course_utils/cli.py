@@ -80,7 +80,8 @@ def cmd_autograde(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
-    overrides = grading.settings_config(timeout=args.timeout, sandbox_mode=args.sandbox, memory_mb=args.memory_mb)
+    overrides = grading.settings_config(timeout=args.timeout, sandbox_mode=args.sandbox, memory_mb=args.memory_mb,
+                                        disk_mb=args.disk_mb)
     workers = None
     if args.scheduler:
         from course_utils.grader.cluster import DaskWorkers  # noqa: PLC0415
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", choices=["auto", "bwrap", "bwrap-userns", "setpriv", "none"],
                    help="isolation mode (default auto: the strongest that works here)")
     p.add_argument("--memory-mb", type=int, help="address-space limit per kernel (default 8192)")
+    p.add_argument("--disk-mb", type=int, help="what a kernel may write in its working folder and HOME together "
+                   "(default 512)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="notebooks graded at once on this machine (default 1; "
                    "each kernel and its judge may need up to ~1.5 GB and one core)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="grade on the workers of this Dask cluster "

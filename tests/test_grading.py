@@ -9,8 +9,10 @@ test_grading_notebooks.py; the feedback page of the XSS submission is opened in 
 from __future__ import annotations
 
 import csv
+import glob
 import importlib.util
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -27,6 +29,9 @@ from course_utils.grader import workspace as grading
 FIXTURES = Path(__file__).parent / "fixtures" / "grading"
 ASSIGNMENT = "01_fixture"
 TIMEOUT = "15"  # per cell: the fixture's cells take well under a second, its setup cell imports torch
+# the scratch folders and logs of the kernels a `course autograde --jobs N` run in this process starts: its local
+# workers name them after their coordinator's pid (other graders on this machine use other names)
+SCRATCH_OF_THIS_RUN = f"/tmp/cgk-{os.getpid()}-*"
 
 _spec = importlib.util.spec_from_file_location("grading_hostile", FIXTURES / "hostile.py")
 hostile = importlib.util.module_from_spec(_spec)
@@ -192,7 +197,9 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
     cases = hostile.build(release, solved, subs, gradebook=ws / "gradebook.db", solutions=solutions)
     solutions_before = solutions.read_bytes()
     base = ["--root", str(course), "--workspace", str(ws)]
+    scratch_before = set(glob.glob(SCRATCH_OF_THIS_RUN))
     status = cli.main(base + ["autograde", str(subs), "--timeout", TIMEOUT, "--jobs", "2"])
+    scratch_left = sorted(set(glob.glob(SCRATCH_OF_THIS_RUN)) - scratch_before)
     assert cli.main(base + ["grades"]) == 0
     grades = _grades(ws / "grades.csv")
     table = "\n".join(f"{s:18} {g['score']:>3}/{g['max_score']} {g['flagged']:3} {g['flag_reasons'][:150]}"
@@ -235,6 +242,12 @@ def test_hostile_submissions_get_what_they_deserve_in_one_run(course: Path, tmp_
     student_outputs = "".join(json.dumps(c.get("outputs", [])) for c in json.loads(leaked)["cells"]
                               if not c.get("metadata", {}).get("nbgrader", {}).get("grade"))
     assert "print('In:', In)" in leaked and "add(-5, -7)" not in student_outputs, "hidden tests reached the kernel"
+    # the kernel could read no Jupyter or IPython configuration (the case prints FOUND for every file it read)
+    config_outputs = "".join(json.dumps(c.get("outputs", []))
+                             for c in json.loads(graded["reads_jupyter_config"])["cells"])
+    assert "looked into" in config_outputs and "FOUND" not in config_outputs, config_outputs[:2000]
+    # every kernel's scratch folder and log on the host is gone, the 3,000-deep chain's and the spare kernels' too
+    assert not scratch_left, f"scratch left on the host by this run: {scratch_left}"
     # outputs of every type are capped: a 30 MB traceback and 30 MB of display metadata do not survive
     for student in ("huge_outputs", "update_display", "big_message"):
         assert len(graded[student]) < 12_000_000, f"{student}: autograded notebook of {len(graded[student]):,} bytes"

@@ -6,13 +6,14 @@ so the spawned workers can import them): one kills its own worker process, as th
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import time
 
 import pytest
 
-from course_utils.grader import judge
+from course_utils.grader import judge, scratch
 from course_utils.grader.workers import LocalWorkers
 
 
@@ -21,12 +22,15 @@ def _job(student: str) -> judge.Job:
 
 
 def kill_own_worker(job: judge.Job) -> judge.Result:
-    """Killers die with their worker; everyone else takes a moment (so that they share the pool with a killer)."""
+    """Killers die with their worker, leaving their kernel's scratch folder behind; everyone else takes a moment
+    (so that they share the pool with a killer) and removes its own."""
+    folder = scratch.prepare()
     if job.student.startswith("killer"):
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.5)
-    return judge.Result(job.student, job.assignment, job.notebook, worker=str(os.getpid()))
+    scratch.remove(folder)
+    return judge.Result(job.student, job.assignment, job.notebook, worker=str(os.getpid()), notes=[folder.name])
 
 
 def allocate_too_much(job: judge.Job) -> judge.Result:
@@ -51,6 +55,10 @@ def test_a_submission_that_kills_its_worker_breaks_only_itself():
     assert {s: r.status for s, r in results.items()} == {**{s: "graded" for s in students}, "killer": "error"}
     assert "alone" in results["killer"].error and "2 time(s)" in results["killer"].error, results["killer"].error
     assert not workers.markers.exists(), "the pool's marker folder is removed at shutdown"
+    assert all(r.notes[0].startswith(f"cgk-{workers.owner}-") for s, r in results.items() if s != "killer"), \
+        "the workers name their kernels' scratch folders after the pool"
+    left = glob.glob(f"{scratch._base()}/cgk-{workers.owner}-*")
+    assert not left and workers.notes == [], f"the killer's scratch folders survived the shutdown: {left}"
 
 
 def test_a_worker_cannot_allocate_past_its_memory_cap():

@@ -158,6 +158,8 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
         raise
     if owned and workers is not None:
         workers.shutdown()
+        for note in getattr(workers, "notes", []):     # scratch a dead worker left that could not be removed
+            log(f"warning: {note}")
     return sorted(records, key=lambda r: (r.student, r.assignment))
 
 

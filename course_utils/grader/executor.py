@@ -37,6 +37,8 @@ class JudgeExecute(NbGraderPreprocessor):
                                ).tag(config=True)
     sandbox = Unicode("auto", help="sandbox mode: auto, bwrap, bwrap-userns, setpriv or none").tag(config=True)
     memory_mb = Integer(judge.Settings.memory_mb, help="address-space limit of the kernel (MB)").tag(config=True)
+    disk_mb = Integer(judge.Settings.disk_mb, help="what the kernel may write in its working folder and HOME "
+                      "together (MB): the size of its tmpfs in the bwrap modes, watched otherwise").tag(config=True)
     stderr_fails_tests = Bool(False, help="nbgrader's rule: a test that writes to stderr scores 0").tag(config=True)
     start_attempts = Integer(3, help="tries to start the kernel (a start failure runs no student code)"
                              ).tag(config=True)
@@ -50,7 +52,7 @@ class JudgeExecute(NbGraderPreprocessor):
         return judge.Settings(timeout=self.timeout, wall_factor=self.wall_factor,
                               notebook_timeout=self.notebook_timeout, startup_timeout=self.startup_timeout,
                               interrupt_grace=self.interrupt_grace, max_output_bytes=self.max_output_bytes,
-                              sandbox=self.sandbox, memory_mb=self.memory_mb,
+                              sandbox=self.sandbox, memory_mb=self.memory_mb, disk_mb=self.disk_mb,
                               stderr_fails_tests=self.stderr_fails_tests, start_attempts=self.start_attempts,
                               run_all_cells=self.run_all_cells)
 

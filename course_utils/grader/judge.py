@@ -35,10 +35,11 @@ from typing import Any
 
 from course_utils import cells
 from course_utils.grader import plan as planning
-from course_utils.grader import proxy, sandbox, version
+from course_utils.grader import proxy, sandbox, scratch, version
+from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
 from course_utils.grader.interpreter import Interpreter, Verdict
-from course_utils.grader.kernel import Budget, GraderTooSlowError, KernelSession, KernelStartError, Settings
+from course_utils.grader.kernel import GraderTooSlowError, KernelSession, KernelStartError, Settings
 
 __all__ = ["GraderTooSlowError", "Job", "KernelStartError", "Result", "Settings", "Verdict", "grade", "warm_up"]
 
@@ -157,7 +158,7 @@ class _Run:
         self.mode = mode
         self.session: KernelSession | None = None
         self.judge_dir = Path(tempfile.mkdtemp(prefix="course-judge-"))
-        sandbox.write_files(self.judge_dir, job.files)
+        scratch.write_files(self.judge_dir, job.files)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.judge_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
         self.judge: Interpreter | None = None
@@ -184,12 +185,19 @@ class _Run:
         self.judge_pool.shutdown(wait=False)
 
     def cleanup(self) -> None:
-        self.judge_pool.shutdown(wait=False)
-        if self.session is not None:
-            self.session.cleanup()
-        sandbox.remove_scratch(self.judge_dir)
-        if self.judge is not None:
-            self.judge.close()
+        """Every step on its own: one that fails (a folder the kernel made undeletable...) skips none of the
+        others and never fails the grade; it leaves a note at most."""
+        steps = [lambda: self.judge_pool.shutdown(wait=False),
+                 lambda: self.session.cleanup() if self.session is not None else None,
+                 lambda: scratch.remove(self.judge_dir),
+                 lambda: self.judge.close() if self.judge is not None else None]
+        for step in steps:
+            try:
+                problem = step()
+            except Exception as err:  # noqa: BLE001 - cleanup must not turn a graded notebook into an error
+                problem = f"the grader's cleanup failed: {type(err).__name__}: {str(err)[:200]}"
+            if isinstance(problem, str):
+                self.findings.note(problem)
 
     # ------------------------------------------------------------------ the judge's link to the kernel
 
@@ -306,11 +314,14 @@ class _WarmKernels:
 
     A sandboxed kernel takes seconds to start (bubblewrap, Python, torch). The spare for the next job starts
     while the current job runs, on CPU the job leaves idle; it is used for one notebook only, like any other.
+    When the worker exits, :meth:`close` stops the spare and removes its scratch folder, whatever state its start
+    is in (at the interpreter's exit the loop may cancel it half-way).
     """
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.spare: "asyncio.Task[KernelSession | None] | None" = None
+        self.spare_session: KernelSession | None = None      # the spare's session, from before its start
         self.key: tuple | None = None
 
     def run(self, coro: Any) -> Any:
@@ -326,11 +337,11 @@ class _WarmKernels:
 
     @staticmethod
     def _key(mode: str, settings: Settings) -> tuple:
-        return mode, settings.memory_mb, settings.startup_timeout
+        return mode, settings.memory_mb, settings.disk_mb, settings.startup_timeout
 
     async def take(self, mode: str, settings: Settings) -> KernelSession | None:
         """The spare kernel, if one was started for these settings and is alive."""
-        task, key, self.spare, self.key = self.spare, self.key, None, None
+        task, key, self.spare, self.key, self.spare_session = self.spare, self.key, None, None, None
         if task is None:
             return None
         session = await task
@@ -342,8 +353,9 @@ class _WarmKernels:
         return None
 
     def prepare_next(self, mode: str, settings: Settings) -> None:
+        session = KernelSession(None, settings, mode, {}, Findings())
+
         async def start() -> KernelSession | None:
-            session = KernelSession(None, settings, mode, {}, Findings())
             try:
                 await session.start()
             except Exception:  # noqa: BLE001 - no spare: the next job starts its own kernel
@@ -351,20 +363,23 @@ class _WarmKernels:
                 return None
             return session
         assert self.loop is not None
-        self.key = self._key(mode, settings)
+        self.key, self.spare_session = self._key(mode, settings), session
         self.spare = self.loop.create_task(start())
 
     def close(self) -> None:
-        """At the worker's exit: stop the spare kernel (its sandbox dies with the worker anyway)."""
-        async def stop() -> None:
-            task, self.spare = self.spare, None
-            session = await task if task is not None else None
-            if session is not None:
+        """At the worker's exit: stop the spare kernel and remove its scratch folder and log."""
+        task, session, self.spare, self.spare_session = self.spare, self.spare_session, None, None
+        if session is None:
+            return
+        if self.loop is not None and task is not None and self.loop.is_running():
+            async def stop() -> None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=10)
                 await session.stop()
-                session.cleanup()
-        if self.loop is not None and self.spare is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=20)
+        session.kill_processes()       # whatever the loop managed: no process, no folder is left behind
+        session.cleanup()
 
 
 _WARM = _WarmKernels()

@@ -4,14 +4,16 @@
 
 * it starts the kernel (:mod:`course_utils.grader.sandbox`) and, before any student code, installs the oracle
   (:mod:`course_utils.grader.oracle`) and opens the judge's comm to it;
-* :meth:`KernelSession.execute` runs one cell; its time is charged to the sandbox's own CPU (:class:`Budget`: a
-  busy neighbour cannot make it time out; a wall-clock bound of ``wall_factor`` times the limit still ends a
-  kernel that only sleeps); an interrupt comes first, a kill when it is ignored;
+* :meth:`KernelSession.execute` runs one cell within a :class:`~course_utils.grader.budget.Budget` (the
+  sandbox's own CPU time, a wall-clock bound, the notebook's deadline); an interrupt first, a kill if ignored;
 * :meth:`KernelSession.end_strays` ends every process of the sandbox but the kernel (none may outlive a cell);
 * :meth:`KernelSession.oracle` sends one request of the judge and waits for the reply, with the same budget and
   at most ``max_received_mb`` of answers per test;
 * every output type (display updates too) counts towards the notebook's output cap; a message over
-  :data:`MAX_MESSAGE_BYTES` is dropped by zmq itself, and the dropped connection is flagged.
+  :data:`MAX_MESSAGE_BYTES` is dropped by zmq itself, and the dropped connection is flagged;
+* the data files arrive through the inbox of :mod:`course_utils.grader.scratch`; a kernel that writes on the
+  host's disk beyond its cap (its working folder in the modes that do not isolate, its runtime folder, its log)
+  is stopped and flagged.
 Findings go to the session's :class:`~course_utils.grader.integrity.Findings`.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -29,13 +30,15 @@ from queue import Empty
 from typing import Any
 
 from course_utils.cells import error_output, grade_id
-from course_utils.grader import kernel_client, proxy, sandbox
+from course_utils.grader import kernel_client, proxy, sandbox, scratch
+from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # one message from the kernel (ZMQ drops the peer past it)
 MAX_CALL_OUTPUT = 100_000                # characters of what the student's code prints during one request
 _DEFAULT_MEMORY_MB = sandbox.Limits.memory_mb
+_DEFAULT_DISK_MB = sandbox.Limits.work_mb
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Settings:
     max_output_bytes: int = 10_000_000
     sandbox: str = "auto"
     memory_mb: int = _DEFAULT_MEMORY_MB
+    disk_mb: int = _DEFAULT_DISK_MB  # the kernel's working folder and HOME together (a tmpfs, or watched)
     stderr_fails_tests: bool = False
     start_attempts: int = 3
     max_received_mb: int = 256       # bytes of answers the judge accepts from the kernel per cell or test
@@ -62,40 +66,6 @@ class GraderTooSlowError(RuntimeError):
 
 class KernelStartError(RuntimeError):
     """The sandboxed kernel did not come up (before any of the submission's code ran)."""
-
-
-class Budget:
-    """CPU and wall-clock allowance of one cell, or of one test's calls into the kernel."""
-
-    def __init__(self, session: "KernelSession", what: str) -> None:
-        self.session, self.what = session, what
-        self.received = 0
-        self.cpu_start = session.cpu_now()
-        self.wall_start = time.monotonic()
-
-    def exceeded(self) -> str | None:
-        settings = self.session.settings
-        cpu = self.session.cpu_now() - self.cpu_start
-        wall = time.monotonic() - self.wall_start
-        if cpu > settings.timeout:
-            return f"{self.what} timed out (more than {settings.timeout} s of CPU time)"
-        if wall > settings.timeout * settings.wall_factor:
-            return f"{self.what} timed out (more than {settings.timeout * settings.wall_factor:g} s)"
-        if time.monotonic() > self.session.deadline:
-            return f"the notebook timed out (its {settings.notebook_timeout} s budget)"
-        return None
-
-    def take(self, header: dict, buffers: list) -> None:
-        """Count one reply against the bytes the judge accepts from the kernel for this cell or test."""
-        self.received += sum(len(b) for b in buffers) + len(json.dumps(header, default=str))
-        limit = self.session.settings.max_received_mb
-        if limit and self.received > limit * 2**20:
-            raise TooMuchDataError(f"{self.what}: the student's code sent more than {limit} MB of answers "
-                                   "(the grader's limit per test)")
-
-
-class TooMuchDataError(RuntimeError):
-    """The values a test received from the student's code add up to more than the grader accepts."""
 
 
 class KernelSession:
@@ -111,11 +81,11 @@ class KernelSession:
         self.dead: str | None = None
         self.kernel_pid: int | None = None
         self.uid = sandbox.sandbox_uid()
-        self.scratch = sandbox.prepare_scratch()
-        self.workdir = self.scratch / "work"
-        sandbox.write_files(self.workdir, files)
-        limits = sandbox.Limits(memory_mb=settings.memory_mb)
-        self.km = kernel_client.sandbox_kernel_manager(mode, self.scratch, self.workdir, limits, self.uid,
+        self.scratch = scratch.prepare()
+        self.workdir, self.runtime = self.scratch / "work", self.scratch / "runtime"
+        scratch.post(self.scratch, files)
+        limits = sandbox.Limits(memory_mb=settings.memory_mb, work_mb=settings.disk_mb)
+        self.km = kernel_client.sandbox_kernel_manager(mode, self.runtime, self.workdir, limits, self.uid,
                                                        MAX_MESSAGE_BYTES)
         self.client = kernel_client.capped_client(nb, self.km, self.workdir, settings.max_output_bytes,
                                                   settings.startup_timeout)
@@ -124,6 +94,8 @@ class KernelSession:
         self.lock: asyncio.Lock | None = None
         self.log_path = self.scratch.parent / f"{self.scratch.name}.log"
         self.started = False
+        self.watch: scratch.Watch | None = None
+        self.disk_full: str | None = None
         self.drops: kernel_client.DropWatch | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -140,19 +112,21 @@ class KernelSession:
                 cwd=str(self.workdir), env=env, stdout=log, stderr=log, cleanup_kc=True))
             self.drops = kernel_client.DropWatch(self.client.kc.iopub_channel.socket)
             await self._bootstrap()
+            if self.mode == "bwrap":        # its sockets are bound: the kernel's uid may write nothing there now
+                scratch.seal(self.runtime)
+            self.watch = scratch.Watch(self.scratch, self.log_path, self.settings.disk_mb,
+                                       host_work=self.mode not in sandbox.ISOLATING_MODES)
         except Exception as err:
             await self.stop()
-            tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace").strip().replace("\n", " / ") \
-                if self.log_path.exists() else ""
             raise KernelStartError(f"the kernel did not start in sandbox mode {self.mode!r} ({err}); "
-                                   f"kernel log: {tail}") from err
+                                   f"kernel log: {scratch.log_tail(self.log_path, 600)}") from err
         self.started = True
 
     def adopt(self, nb: Any, files: dict[str, bytes], settings: Settings, findings: Findings) -> None:
         """Give a started kernel its notebook: the data files, the settings' clock, where findings go."""
         self.nb, self.settings, self.findings = nb, settings, findings
         self.client.nb = nb
-        sandbox.write_files(self.workdir, files)
+        scratch.post(self.scratch, files)
         self.deadline = time.monotonic() + settings.notebook_timeout
 
     async def alive(self) -> bool:
@@ -160,6 +134,7 @@ class KernelSession:
 
     async def stop(self) -> None:
         """Stop the kernel and kill every process of its sandbox."""
+        await self._disk_guard()
         try:
             if self._stack is not None:
                 with contextlib.suppress(Exception):
@@ -176,51 +151,72 @@ class KernelSession:
         if not self.started:
             await self.start()
         try:
+            await self._receive("work")      # the data files, before any student code
             yield self
         finally:
             await self.stop()
 
     def cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            tail = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace") if self.log_path.exists() else ""
-            telling = [line.strip() for line in tail.splitlines() if any(
-                w in line for w in ("Error", "Traceback", "Killed", "denied", "failed"))]
-            if telling:
-                self.findings.note("kernel log: " + " / ".join(telling[-3:])[:300])
-        self.log_path.unlink(missing_ok=True)
-        sandbox.remove_scratch(self.scratch)
+        """Note what the kernel's log says, then delete the log and the scratch folder. Never raises."""
+        for note in (scratch.log_note(self.log_path), scratch.remove(self.log_path), scratch.remove(self.scratch)):
+            if note:
+                self.findings.note(note)
+
+    async def _disk_guard(self) -> str | None:
+        """Polled while a cell or a request runs, and after each cell (see :class:`scratch.Watch`): a kernel that
+        wrote on the host's disk beyond its limits is stopped and flagged, and its message returned; one that
+        filled its own tmpfs (bwrap modes: nothing reached the host) is flagged once."""
+        if self.watch is None:
+            return None
+        found = self.watch.check()
+        if found and self.dead is None:
+            self.dead = f"the submission {found}: its kernel was stopped"
+            self.findings.flag(self.dead)
+            await self.kill()
+        if not self.disk_full and self.dead is None and not self.watch.host_work:
+            if self.kernel_pid is None:
+                self.kernel_pid = kernel_client.kernel_pid(self._processes())
+            self.disk_full = self.watch.tmpfs_full(self.kernel_pid)
+            if self.disk_full:
+                self.findings.flag(f"the submission {self.disk_full}")
+        return found
 
     def check_connection(self) -> None:
-        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES`."""
-        if self.drops is not None and self.drops.dropped():
+        """Flag a dropped iopub connection: the kernel sent a message over :data:`MAX_MESSAGE_BYTES` (not once it
+        died or was stopped: that drops the connection too, and has its own flag)."""
+        if self.drops is not None and self.drops.dropped() and self.dead is None:
             self.findings.flag(f"the kernel sent a message larger than the {MAX_MESSAGE_BYTES // 2**20} MB the grader "
                                "accepts (or broke its connection): the message was dropped")
 
     async def _bootstrap(self) -> None:
         """Install the oracle (before any student code) and open the judge's comm to it."""
         kc = self.client.kc
-        msg_id = kc.execute(ORACLE_BOOTSTRAP, silent=True, store_history=False)
-        reply = await self._shell_reply(msg_id, self.settings.startup_timeout)
-        if reply is None or reply.get("content", {}).get("status") != "ok":
-            detail = (reply or {}).get("content", {}).get("evalue", "no answer")
-            raise KernelStartError(f"the oracle could not be installed in the kernel: {detail}")
+        await self._receive("home")
+        await self._trusted(ORACLE_BOOTSTRAP, "the oracle could not be installed in the kernel")
         msg = kc.session.msg("comm_open", {"comm_id": self.comm_id, "target_name": "course-oracle", "data": {}})
         kc.shell_channel.send(msg)
         header, _, _ = await self._request({"op": "ping"}, [], Budget(self, "the oracle's start"))
         if header.get("ok") != "pong":
             raise KernelStartError("the oracle did not answer")
 
-    async def _shell_reply(self, msg_id: str, timeout: float) -> dict | None:
+    async def _receive(self, what: str) -> None:
+        """Copy the inbox's ``work`` (data files) or ``home`` (font cache) into the kernel's own folder."""
+        code = scratch.receive_code(self.scratch, what)
+        if code is not None:
+            await self._trusted(code, f"the inbox's {what} files could not be copied into the kernel")
+
+    async def _trusted(self, code: str, failure: str) -> None:
+        """Run the grader's own ``code`` in the kernel (before any student code), silently."""
         kc = self.client.kc
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
+        msg_id = kc.execute(code, silent=True, store_history=False)
+        deadline, reply = time.monotonic() + self.settings.startup_timeout, None
+        while reply is None and time.monotonic() < deadline:
+            with contextlib.suppress(Empty):
                 reply = await kc.shell_channel.get_msg(timeout=max(0.05, deadline - time.monotonic()))
-            except Empty:
-                return None
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                return reply
-        return None
+                reply = reply if reply.get("parent_header", {}).get("msg_id") == msg_id else None
+        if reply is None or reply.get("content", {}).get("status") != "ok":
+            detail = (reply or {}).get("content", {}).get("evalue", "no answer")
+            raise KernelStartError(f"{failure}: {detail}")
 
     # ------------------------------------------------------------------ accounting
 
@@ -274,7 +270,7 @@ class KernelSession:
             reason = None
             while not task.done():
                 await asyncio.wait({task}, timeout=0.25)
-                if task.done():
+                if await self._disk_guard() or task.done():
                     break
                 reason = budget.exceeded()
                 if reason:
@@ -285,6 +281,8 @@ class KernelSession:
                             "of the student's code had run: grade again with a longer --timeout")
                     await self._interrupt(task, reason)
                     break
+            if self.dead is not None and not (await asyncio.wait({task}, timeout=5))[0]:
+                task.cancel()            # (stopped by the disk guard: nbclient notices within a second)
             try:
                 await task
             except DeadKernelError:
@@ -327,6 +325,10 @@ class KernelSession:
         if self.km is not None and self.km.has_kernel:
             with contextlib.suppress(Exception):
                 await self.km.shutdown_kernel(now=True)
+        self.kill_processes()
+
+    def kill_processes(self) -> None:
+        """SIGKILL to every process of the sandbox (needs no event loop: also at a worker's exit)."""
         with contextlib.suppress(Exception):
             for proc in self._processes():
                 os.kill(proc.pid, signal.SIGKILL)
@@ -373,6 +375,8 @@ class KernelSession:
             if idle:
                 raise proxy.KernelGone("the kernel finished the request without answering it (its oracle was "
                                        "replaced or broken by the submission)")
+            if await self._disk_guard():
+                raise proxy.KernelGone(self.dead or "the kernel was stopped")
             reason = budget.exceeded()
             if reason:
                 await self._interrupt_request(msg_id, reason)

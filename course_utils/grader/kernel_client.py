@@ -66,7 +66,7 @@ def capped_client(nb: Any, km: Any, workdir: Path, max_output_bytes: int, startu
                         on_cell_executed=_record_silent_error, resources={"metadata": {"path": str(workdir)}})
 
 
-def sandbox_kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sandbox.Limits, uid: int,
+def sandbox_kernel_manager(mode: str, runtime: Path, workdir: Path, limits: sandbox.Limits, uid: int,
                            max_message_bytes: int) -> Any:
     """The kernel's manager; its sockets (and its client's) take at most ``max_message_bytes`` per message and
     queue few messages, and no stdin channel is opened (nothing reads it: a kernel could fill it without end)."""
@@ -101,9 +101,9 @@ def sandbox_kernel_manager(mode: str, scratch: Path, workdir: Path, limits: sand
     context = zmq.asyncio.Context()
     context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)   # a larger message drops the connection, not memory
     context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
-    return SandboxKernelManager(transport="ipc", connection_file=str(scratch / "kernel.json"), context=context,
+    return SandboxKernelManager(transport="ipc", connection_file=str(runtime / "kernel.json"), context=context,
                                 client_factory=NoStdinClient,
-                                sandbox_argv=sandbox.kernel_argv(mode, scratch, workdir, limits, uid=uid))
+                                sandbox_argv=sandbox.kernel_argv(mode, runtime, workdir, limits, uid=uid))
 
 
 def close_context(km: Any) -> None:

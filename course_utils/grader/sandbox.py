@@ -6,11 +6,15 @@ that works on this machine):
 
 ``bwrap``
     bubblewrap, started as root: new mount, PID, network, IPC and UTS namespaces. The sandbox's file system is
-    built from an allow-list: ``/usr`` and ``/etc`` (read-only), the Python installation, the virtual environment
-    and the ``course_utils`` package (read-only), a private ``/tmp`` and the scratch folder (the kernel's working
-    folder, holding the instructor's data files of the assignment). The course root, the gradebook,
-    ``solutions/``, other submissions and home folders simply do not exist in there. The kernel then drops to a fresh unused uid/gid (one per kernel, >= 200000) with no
-    capabilities and ``no_new_privs``.
+    built from an allow-list: ``/usr`` and ``/etc`` (read-only, Jupyter's and IPython's configuration folders
+    hidden behind empty read-only ones), the Python installation, the virtual environment and the
+    ``course_utils`` package (read-only), a private ``/tmp`` and ``/var/tmp``, and the kernel's scratch folder
+    (:mod:`course_utils.grader.scratch`) as one size-limited tmpfs holding its working folder and HOME, into which
+    only the runtime folder (connection file, sockets) is bound read-write from the host and the inbox (the
+    assignment's data files) read-only. The course root, the gradebook, ``solutions/``, other submissions and home
+    folders simply do not exist in there; nothing the kernel writes, but its few sockets, lands on the host's disk.
+    The kernel then drops to a fresh unused uid/gid (one per kernel, >= 200000) with no capabilities and
+    ``no_new_privs``.
 ``bwrap-userns``
     the same file-system view for a grader that is not root (unprivileged user namespaces): the kernel appears as
     uid 65534 but is the grader's own user outside.
@@ -21,7 +25,9 @@ that works on this machine):
 ``none``
     no isolation at all (the kernel runs as the grader in a scratch folder). Grades say so.
 
-Limits in every mode: address space, largest file, number of processes, CPU seconds; no core dumps.
+Limits in every mode: address space, largest file, number of processes, CPU seconds; no core dumps. In the bwrap
+modes also the total the kernel can write (``Limits.work_mb`` for its working folder and HOME together,
+``Limits.tmp_mb`` for each of ``/tmp`` and ``/var/tmp``); the modes that do not isolate keep the host folder.
 :func:`processes` lists a sandbox's processes (for CPU-time accounting and to end strays between cells).
 """
 
@@ -33,9 +39,10 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from course_utils.grader import scratch
 
 MODES = ("bwrap", "bwrap-userns", "setpriv", "none")
 ISOLATING_MODES = ("bwrap", "bwrap-userns")
@@ -43,6 +50,8 @@ NOBODY = 65534                       # the uid seen inside a user namespace (bwr
 FIRST_UID, UID_RANGE = 200_000, 100_000  # root modes: a random uid in [200000, 300000) per kernel
 _LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
 _SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# configuration the kernel has no business reading, below /, /usr, /usr/local and the Python prefixes
+CONFIG_DIRS = ("etc/jupyter", "etc/ipython", "etc/jupyterhub", "etc/nbgrader")
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,8 @@ class Limits:
     file_mb: int = 256      # largest file the kernel may write
     nproc: int = 64         # processes of the sandbox uid
     cpu_s: int = 1800       # CPU seconds of the kernel process
-    tmp_mb: int = 512       # size of the private /tmp (bwrap modes)
+    tmp_mb: int = 512       # size of the private /tmp and of /var/tmp (bwrap modes)
+    work_mb: int = 512      # the working folder and HOME together: one tmpfs (bwrap modes)
 
     def launcher_args(self) -> list[str]:
         return [f"--memory-mb={self.memory_mb}", f"--file-mb={self.file_mb}", f"--nproc={self.nproc}",
@@ -91,8 +101,25 @@ def _ancestor_dirs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def bwrap_prefix(scratch: Path, workdir: Path, *, userns: bool, limits: Limits) -> list[str]:
-    """The ``bwrap ...`` arguments that build the sandbox (the command to run follows them)."""
+def hidden_config() -> list[Path]:
+    """Jupyter's and IPython's configuration folders that the sandbox would show (a deployment's
+    ``/etc/jupyter/nbgrader_config.py`` may hold the gradebook's database URL with its password): each is covered
+    by an empty read-only folder. Only existing ones, below a folder the sandbox binds."""
+    visible = [Path("/usr"), Path("/etc"), *readonly_binds()]
+    prefixes = {Path("/"), Path("/usr"), Path("/usr/local"), Path(sys.prefix), Path(sys.base_prefix),
+                Path(sys.exec_prefix)}
+    found: list[Path] = []
+    for prefix in sorted(prefixes):
+        for name in CONFIG_DIRS:
+            path = (prefix / name).resolve()
+            if path.exists() and path not in found and any(path == v or v in path.parents for v in visible):
+                found.append(path)
+    return found
+
+
+def bwrap_prefix(root: Path, *, userns: bool, limits: Limits) -> list[str]:
+    """The ``bwrap ...`` arguments that build the sandbox for the scratch folder ``root`` (the command to run
+    follows them). See :mod:`course_utils.grader.scratch` for what lies where."""
     bwrap = shutil.which("bwrap") or "bwrap"
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "grader"]
@@ -106,33 +133,51 @@ def bwrap_prefix(scratch: Path, workdir: Path, *, userns: bool, limits: Limits) 
         elif host.is_dir():
             argv += ["--ro-bind", str(host), str(host)]
     argv += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
-    tmp_size = ["--size", str(limits.tmp_mb * 1024 * 1024)] if limits.tmp_mb else []
+    tmp_size = _size(limits.tmp_mb)
     argv += ["--perms", "1777", *tmp_size, "--tmpfs", "/tmp", "--perms", "1777", *tmp_size, "--tmpfs", "/var/tmp"]
     binds = readonly_binds()
-    for parent in _ancestor_dirs(binds + [scratch]):
+    for parent in _ancestor_dirs(binds + [root]):
         if parent not in (Path("/tmp"), Path("/var"), Path("/var/tmp")):
             argv += ["--perms", "0755", "--dir", str(parent)]
     for path in binds:
         argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--bind", str(scratch), str(scratch), "--chdir", str(workdir)]
+    for path in hidden_config():
+        if path.is_dir():
+            argv += ["--perms", "0555", "--size", "4096", "--tmpfs", str(path), "--remount-ro", str(path)]
+        else:
+            argv += ["--ro-bind", "/dev/null", str(path)]
+    argv += ["--perms", "0755", *_size(limits.work_mb), "--tmpfs", str(root),
+             "--perms", "0755", "--dir", str(root / "work"), "--perms", "0755", "--dir", str(root / "home"),
+             "--bind", str(root / "runtime"), str(root / "runtime"),
+             "--ro-bind", str(root / "inbox"), str(root / "inbox"), "--chdir", str(root / "work")]
     return argv
 
 
-def kernel_argv(mode: str, scratch: Path, workdir: Path, limits: Limits = Limits(),
+def _size(mb: int) -> list[str]:
+    return ["--size", str(mb * 1024 * 1024)] if mb else []
+
+
+def kernel_argv(mode: str, runtime: Path, workdir: Path, limits: Limits = Limits(),
                 python: str | None = None, uid: int | None = None) -> list[str]:
     """The full command that starts an ipykernel in ``mode``; ``{connection_file}`` is filled by jupyter_client.
 
-    ``uid`` is the unused uid the kernel drops to in the root modes (default: a fresh one).
+    ``runtime`` is the folder of the connection file and sockets, in the scratch folder ``runtime.parent``
+    (:mod:`course_utils.grader.scratch`); ``workdir`` the working folder there. ``uid`` is the unused uid the
+    kernel drops to in the root modes (default: a fresh one).
     """
     if mode not in MODES:
         raise ValueError(f"unknown sandbox mode {mode!r}; use one of {', '.join(MODES)} or 'auto'")
+    root = Path(runtime).parent
     python = python or sys.executable
     kernel = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     uid = uid if uid is not None else sandbox_uid()
-    drop = ["--uid", str(uid), "--gid", str(uid), "--own", str(scratch)] if mode in ("bwrap", "setpriv") else []
+    # what the kernel's uid is given before it drops to it: in bwrap its tmpfs folders and the runtime folder
+    owned = [root / "work", root / "home", root / "runtime"] if mode == "bwrap" else [root]
+    drop = ["--uid", str(uid), "--gid", str(uid)] if mode in ("bwrap", "setpriv") else []
+    drop += [arg for path in owned for arg in ("--own", str(path))] if drop else []
     launch = [python, "-I", str(_LAUNCHER), *drop, *limits.launcher_args(), "--", *kernel]
     if mode in ISOLATING_MODES:
-        return bwrap_prefix(scratch, workdir, userns=mode == "bwrap-userns", limits=limits) + launch
+        return bwrap_prefix(root, userns=mode == "bwrap-userns", limits=limits) + launch
     return launch
 
 
@@ -142,16 +187,17 @@ def sandbox_uid() -> int:
     return FIRST_UID + secrets.randbelow(UID_RANGE)
 
 
-def kernel_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A clean environment for the kernel: nothing of the grader's leaks in (tokens, paths, HOME)."""
-    home = scratch / "home"
+def kernel_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for the kernel in the scratch folder ``root``: nothing of the grader's leaks in
+    (tokens, paths, HOME)."""
+    home = root / "home"
     env = {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": str(home), "USER": "nobody", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": "/tmp",
         "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
         "XDG_DATA_HOME": str(home / ".local/share"), "IPYTHONDIR": str(home / ".ipython"),
         "JUPYTER_CONFIG_DIR": str(home / ".jupyter"), "JUPYTER_DATA_DIR": str(home / ".local/share/jupyter"),
-        "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"), "MPLCONFIGDIR": str(home / ".config/matplotlib"),
+        "JUPYTER_RUNTIME_DIR": str(root / "runtime"), "MPLCONFIGDIR": str(home / ".config/matplotlib"),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home / ".cache/huggingface"),
         "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
@@ -167,50 +213,16 @@ def kernel_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def prepare_scratch(prefix: str = "cgk-") -> Path:
-    """A fresh scratch folder for one kernel (short path: Unix socket names are limited to 107 bytes)."""
-    base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
-    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    scratch.chmod(0o755)
-    for sub in ("work", "home/.config/matplotlib", "runtime"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
-    _seed_matplotlib_cache(scratch / "home/.config/matplotlib")
-    return scratch
-
-
-def _seed_matplotlib_cache(dest: Path) -> None:
-    """Copy the grader's matplotlib font list, so each kernel does not rebuild it (seconds)."""
-    try:
-        import matplotlib  # noqa: PLC0415 - optional and slow-ish
-
-        src = Path(matplotlib.get_cachedir())
-    except Exception:  # noqa: BLE001 - no matplotlib, or no cache dir: the kernel builds its own
-        return
-    for font_list in src.glob("fontlist-*.json"):
-        shutil.copy2(font_list, dest / font_list.name)
-
-
-def remove_scratch(scratch: Path) -> None:
-    """Delete a scratch folder (the kernel may have left read-only files in it)."""
-    def _retry(func, path, _exc):  # noqa: ANN001
-        try:
-            os.chmod(path, 0o700)
-            func(path)
-        except OSError:
-            pass
-    shutil.rmtree(scratch, onerror=_retry)
-
-
 def run_python(code: str, mode: str, limits: Limits = Limits(), timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``python -c code`` exactly where a kernel would run in ``mode`` (a fresh scratch folder, removed after)."""
-    scratch = prepare_scratch("cgk-run-")
+    root = scratch.prepare("cgk-run-")
     try:
-        argv = kernel_argv(mode, scratch, scratch / "work", limits)
+        argv = kernel_argv(mode, root / "runtime", root / "work", limits)
         cut = argv.index("ipykernel_launcher") - 1  # "-m ipykernel_launcher -f {connection_file}" -> "-c code"
         return subprocess.run(argv[:cut] + ["-c", code], capture_output=True, text=True, timeout=timeout,
-                              cwd=scratch / "work", env=kernel_env(scratch))
+                              cwd=root / "work", env=kernel_env(root))
     finally:
-        remove_scratch(scratch)
+        scratch.remove(root)
 
 
 @functools.lru_cache(maxsize=None)
@@ -317,12 +329,3 @@ def processes(root_pid: int | None, uid: int | None = None) -> list[Process]:
 def cpu_seconds(procs: list[Process]) -> float:
     return sum(p.cpu_seconds for p in procs)
 
-
-def write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """The assignment's data files into ``folder`` (paths that would leave it are skipped)."""
-    root = folder.resolve()
-    for rel, data in files.items():
-        target = (folder / rel).resolve()
-        if root in target.parents:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)

@@ -21,7 +21,9 @@ kernel's OOM killer. The sandboxed kernel sets its own limit. The Dask cluster e
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
@@ -31,15 +33,20 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
-from course_utils.grader import judge
+from course_utils.grader import judge, scratch
 
+_POOLS = itertools.count(1)  # numbers the LocalWorkers of this process: their scratch folders' owner tags
 MAX_WAITS = 20            # pool breaks a job may wait through before it starts (workers that cannot start)
 DEFAULT_MEMORY_MB = 6144   # a warm worker grading the largest notebook peaks at about 1.9 GB of address space
 
 
-def start_worker(memory_mb: int, warm: bool = True) -> None:
+def start_worker(memory_mb: int, warm: bool = True, owner: str = "") -> None:
     """A worker's initializer: cap its address space (soft limit: the sandbox launcher sets the kernel's own),
-    then import what grading needs (``warm``)."""
+    name its kernels' scratch folders after ``owner`` (the coordinator's pid and pool: ``/tmp/cgk-PID-N-*``), then
+    import what grading needs (``warm``). A worker that exits removes its spare kernel's folder
+    (``judge._WarmKernels``); the coordinator sweeps what a worker that died left (:meth:`LocalWorkers.shutdown`)."""
+    if owner:
+        scratch.set_owner(owner)
     if memory_mb:
         import resource  # noqa: PLC0415 - POSIX only
 
@@ -74,13 +81,15 @@ class LocalWorkers:
         self.memory_mb, self.grade, self.warm = memory_mb, grade, warm
         self.lock = threading.Lock()
         self.markers = Path(tempfile.mkdtemp(prefix="course-workers-"))
+        self.owner = f"{os.getpid()}-{next(_POOLS)}"      # names its kernels' scratch folders: cgk-PID-N-*
+        self.notes: list[str] = []                         # what shutdown could not remove
         self.pool = self._new_pool(n)
         self.quarantine: ProcessPoolExecutor | None = None
         self.description = f"{n} local worker process{'es' if n > 1 else ''}"
 
     def _new_pool(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_worker, initargs=(self.memory_mb, self.warm),
+                                   initializer=start_worker, initargs=(self.memory_mb, self.warm, self.owner),
                                    max_tasks_per_child=self.tasks_per_worker)
 
     def submit(self, job: judge.Job) -> "Future[judge.Result]":
@@ -153,11 +162,17 @@ class LocalWorkers:
         broken.shutdown(wait=False, cancel_futures=False)
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Stop the workers (``cancel``: kill them, dropping the jobs not done), then remove the markers and every
+        scratch folder a worker left (one that died: its kernels died with it, their folders did not)."""
         with self.lock:
             pools = [p for p in (self.pool, self.quarantine) if p is not None]
         for pool in pools:
+            processes = list((getattr(pool, "_processes", None) or {}).values())
             if cancel:
-                for process in list(getattr(pool, "_processes", {}).values()):
+                for process in processes:
                     process.kill()
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            for process in processes:
+                process.join(timeout=30)
         shutil.rmtree(self.markers, ignore_errors=True)
+        self.notes += scratch.sweep(self.owner)

@@ -111,7 +111,7 @@ def assignments(root: Path) -> list[str]:
 
 
 def settings_config(*, timeout: int | None = None, sandbox_mode: str | None = None,
-                    memory_mb: int | None = None) -> Config:
+                    memory_mb: int | None = None, disk_mb: int | None = None) -> Config:
     """Command-line overrides of the execution settings, as a traitlets Config."""
     c = Config()
     if timeout is not None:
@@ -120,6 +120,8 @@ def settings_config(*, timeout: int | None = None, sandbox_mode: str | None = No
         c.JudgeExecute.sandbox = sandbox_mode
     if memory_mb is not None:
         c.JudgeExecute.memory_mb = int(memory_mb)
+    if disk_mb is not None:
+        c.JudgeExecute.disk_mb = int(disk_mb)
     return c
 
 
