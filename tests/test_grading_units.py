@@ -286,3 +286,31 @@ def test_feedback_folder_gets_only_the_pages(tmp_path: Path):
     assert feedback.keep_only_pages(sent, ["01_x"]) == ["data/", "evil.html", "evil.svg", "link.html", "other.html"]
     assert sorted(p.name for p in sent.rglob("*")) == ["01_x.html"]
     assert len(list(autograded.rglob("*"))) == 6, "autograded/ keeps every file"
+
+
+def test_the_coordinator_never_imports_torch():
+    """The coordinator only prepares, dispatches and records: torch and the judge load on the workers only (it
+    cost the coordinator 1.8 s at every start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, course_utils.cli, course_utils.grader.autograde, course_utils.grader.workers, "
+            "course_utils.grader.cluster, course_utils.grader.executor; "
+            "print(sorted(m for m in ('torch', 'transformers', 'course_utils.grader.judge') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the coordinator imported {out.strip()}"
+
+
+def test_submissions_are_graded_heaviest_assignment_first(tmp_path):
+    """Longest jobs first: the assignment with the most code in its source goes first, then by name, student."""
+    from course_utils.grader.autograde import heaviest_first
+
+    for name, size in (("a_small", 10), ("b_big", 500), ("c_mid", 100)):
+        (tmp_path / name).mkdir()
+        cells = [{"cell_type": "code", "source": "x" * size}, {"cell_type": "markdown", "source": "y" * 10_000}]
+        (tmp_path / name / f"{name}.ipynb").write_text(json.dumps({"cells": cells}))
+    (tmp_path / "c_mid" / "broken.ipynb").write_text("{ not json")        # unreadable: counts as nothing
+    found = [(s, a, tmp_path) for s in ("bob", "alice") for a in ("a_small", "b_big", "c_mid")]
+    order = [(a, s) for s, a, _ in heaviest_first(tmp_path, found)]
+    assert order == [("b_big", "alice"), ("b_big", "bob"), ("c_mid", "alice"), ("c_mid", "bob"),
+                     ("a_small", "alice"), ("a_small", "bob")]

@@ -33,8 +33,9 @@ from typing import Any, Callable
 from traitlets.config import Config
 
 from course_utils import cells
-from course_utils.grader import executor, judge, pipeline, sandbox, submissions, timestamps, version
+from course_utils.grader import executor, pipeline, sandbox, submissions, timestamps, version
 from course_utils.grader.integrity import METADATA_KEY, Findings
+from course_utils.grader.jobs import Job, Result, Settings
 from course_utils.grader.workspace import (COURSE_ID, LogCapture, Workspace, assignments, coursedir_for,
                                            ensure_gradebook, nbgrader_config, register, tree_hash)
 
@@ -81,14 +82,14 @@ class Record:
             return None
 
 
-def grading_key(ws: Workspace, assignment: str, files: dict[str, str], settings: judge.Settings) -> str:
+def grading_key(ws: Workspace, assignment: str, files: dict[str, str], settings: Settings) -> str:
     """Changes when the submission, the assignment's source, the execution settings or the grader change."""
     blob = {"files": files, "source": tree_hash(ws.source / assignment), "grader": version.grader_version(),
             "settings": asdict(settings)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def settings_from(config: Config) -> judge.Settings:
+def settings_from(config: Config) -> Settings:
     return executor.JudgeExecute(config=config).settings()
 
 
@@ -101,8 +102,8 @@ class _Pending:
     key: str
     started: float
     unusable: list[str]
-    jobs: dict[str, judge.Job] = field(default_factory=dict)
-    results: dict[str, judge.Result] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    results: dict[str, Result] = field(default_factory=dict)
 
 
 def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, force: bool = False,
@@ -122,13 +123,18 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
         log(f"warning: {warning}")
     found = [f for f in found if (not only_students or f[0] in only_students)
              and (not only_assignments or f[1] in only_assignments)]
-    for name in sorted({a for _, a, _ in found}):
-        register(ws, name)
-    times = timestamps.TimestampCheck(config, ws.root, config.CourseDirectory.get("release_directory", "notebooks"))
+    found = heaviest_first(ws.source, found)
+    owned = workers is None                      # local workers are ours to start and to stop
     records: list[Record] = []
     futures: dict[Future, tuple[_Pending, str]] = {}
-    owned = workers is None
     try:
+        if workers is None and any(force or Record.load(Record(s, a).path(ws)) is None for s, a, _ in found):
+            workers = _local_workers(jobs, settings)   # something new to grade: warm up while we register, prepare
+            log(f"grading on {workers.description}")
+        for name in sorted({a for _, a, _ in found}):
+            register(ws, name)
+        times = timestamps.TimestampCheck(config, ws.root,
+                                          config.CourseDirectory.get("release_directory", "notebooks"))
         for student, name, folder in found:
             try:
                 item = _prepare(ws, config, settings, times, student, name, folder, force, log)
@@ -146,13 +152,13 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
                 records.append(_finalize(ws, config, item, log))
             else:
                 if workers is None:   # started at the first notebook to grade: they warm up while we prepare
-                    workers = _local_workers(jobs)
+                    workers = _local_workers(jobs, settings)
                     log(f"grading on {workers.description}")
                 for notebook, job in item.jobs.items():
                     futures[workers.submit(job)] = (item, notebook)
             records += _collect(ws, config, futures, log, block=False)
         records += _collect(ws, config, futures, log, block=True)
-    except KeyboardInterrupt:
+    except BaseException:                        # Ctrl-C, or a gradebook that cannot be written: no worker left
         if owned and workers is not None:
             workers.shutdown(cancel=True)
         raise
@@ -163,13 +169,33 @@ def autograde(ws: Workspace, source: Path, *, overrides: Config | None = None, f
     return sorted(records, key=lambda r: (r.student, r.assignment))
 
 
-def _local_workers(jobs: int) -> Any:
+def heaviest_first(source: Path, found: list[tuple[str, str, Path]]) -> list[tuple[str, str, Path]]:
+    """The submissions in the order they are graded: the heaviest assignments first (by the characters of code
+    in their source notebooks, a cheap and stable stand-in for grading time), then by name and student. Longest
+    jobs first is the classic rule for parallel workers: the short ones fill the gaps at the end of the run instead
+    of one long notebook keeping a single worker busy while the others wait."""
+    def code_size(name: str) -> int:
+        size = 0
+        for path in (source / name).glob("*.ipynb"):
+            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+                cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+                size += sum(len("".join(c.get("source", ""))) for c in cells if c.get("cell_type") == "code")
+        return size
+
+    sizes = {name: code_size(name) for name in {a for _, a, _ in found}}
+    return sorted(found, key=lambda f: (-sizes[f[1]], f[1], f[0]))
+
+
+def _local_workers(jobs: int, settings: Settings) -> Any:
+    """``jobs`` local worker processes, started now, each with a spare kernel for ``settings``."""
     from course_utils.grader.workers import LocalWorkers  # noqa: PLC0415
 
-    return LocalWorkers(max(1, jobs))
+    workers = LocalWorkers(max(1, jobs), spare=settings)
+    workers.start()
+    return workers
 
 
-def _prepare(ws: Workspace, config: Config, settings: judge.Settings, times: timestamps.TimestampCheck,
+def _prepare(ws: Workspace, config: Config, settings: Settings, times: timestamps.TimestampCheck,
              student: str, name: str, folder: Path, force: bool, log: Log) -> "Record | _Pending":
     """Stage 1 for one submission: import, skip when unchanged, check its timestamp, sanitize, build the jobs."""
     imported = submissions.import_submission(folder, student, name, ws.submitted, ws.archive)
@@ -244,7 +270,7 @@ def _collect(ws: Workspace, config: Config, futures: dict[Future, tuple[_Pending
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - a worker that failed for good: this notebook's error
-                result = judge.Result(item.record.student, item.record.assignment, notebook, status="error",
+                result = Result(item.record.student, item.record.assignment, notebook, status="error",
                                       error=f"{type(err).__name__}: {err}")
             item.results[notebook] = result
             if len(item.results) == len(item.jobs):
@@ -287,7 +313,7 @@ def _finalize(ws: Workspace, config: Config, item: _Pending, log: Log) -> Record
     return record
 
 
-def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: str, result: judge.Result) -> None:
+def _finish_notebook(ws: Workspace, config: Config, record: Record, notebook: str, result: Result) -> None:
     import nbformat  # noqa: PLC0415
     from traitlets.utils.importstring import import_item  # noqa: PLC0415
 

@@ -24,15 +24,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from course_utils.grader import judge
+from course_utils.grader import jobs
 
 _LOCK = threading.Lock()
 _WARM = False
 
 
-def grade_on_worker(job: judge.Job) -> judge.Result:
+def grade_on_worker(job: jobs.Job) -> jobs.Result:
     """The task a Dask worker runs: one notebook, judged in this process (one at a time)."""
     global _WARM  # noqa: PLW0603 - once per worker process
+    from course_utils.grader import judge  # noqa: PLC0415 - torch and the judge: on the worker only
+
     with _LOCK:
         if not _WARM:
             judge.warm_up()
@@ -66,7 +68,7 @@ class DaskWorkers:
         workers = self.client.scheduler_info().get("workers", {})
         self.description = f"the Dask cluster at {address} ({len(workers)} worker{'s' if len(workers) != 1 else ''})"
 
-    def submit(self, job: judge.Job) -> Any:
+    def submit(self, job: jobs.Job) -> Any:
         return self.executor.submit(grade_on_worker, job)
 
     def shutdown(self, cancel: bool = False) -> None:

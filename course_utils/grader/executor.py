@@ -1,5 +1,5 @@
-"""The execute stage of the grading pipeline: build a judge :class:`~course_utils.grader.judge.Job` from a
-sanitized notebook, and write the judge's :class:`~course_utils.grader.judge.Result` back into it.
+"""The execute stage of the grading pipeline: build a judge :class:`~course_utils.grader.jobs.Job` from a
+sanitized notebook, and write the judge's :class:`~course_utils.grader.jobs.Result` back into it.
 
 :class:`JudgeExecute` is the nbgrader preprocessor (plain ``nbgrader autograde`` runs it in-process, one notebook
 at a time). ``course autograde`` uses :func:`build_job` and :func:`apply_result` around its workers instead, so
@@ -20,7 +20,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Integer, Unicode
 
 from course_utils.cells import is_test_cell
-from course_utils.grader import judge, version
+from course_utils.grader import jobs, version
 from course_utils.grader.integrity import METADATA_KEY, Findings
 
 
@@ -36,8 +36,8 @@ class JudgeExecute(NbGraderPreprocessor):
     max_output_bytes = Integer(10_000_000, help="bytes of output kept per notebook (every output type)"
                                ).tag(config=True)
     sandbox = Unicode("auto", help="sandbox mode: auto, bwrap, bwrap-userns, setpriv or none").tag(config=True)
-    memory_mb = Integer(judge.Settings.memory_mb, help="address-space limit of the kernel (MB)").tag(config=True)
-    disk_mb = Integer(judge.Settings.disk_mb, help="what the kernel may write in its working folder and HOME "
+    memory_mb = Integer(jobs.Settings.memory_mb, help="address-space limit of the kernel (MB)").tag(config=True)
+    disk_mb = Integer(jobs.Settings.disk_mb, help="what the kernel may write in its working folder and HOME "
                       "together (MB): the size of its tmpfs in the bwrap modes, watched otherwise").tag(config=True)
     stderr_fails_tests = Bool(False, help="nbgrader's rule: a test that writes to stderr scores 0").tag(config=True)
     start_attempts = Integer(3, help="tries to start the kernel (a start failure runs no student code)"
@@ -48,8 +48,8 @@ class JudgeExecute(NbGraderPreprocessor):
     report_directory = Unicode("", help="where the per-notebook reports go (default: 'integrity' next to the "
                                "gradebook)").tag(config=True)
 
-    def settings(self) -> judge.Settings:
-        return judge.Settings(timeout=self.timeout, wall_factor=self.wall_factor,
+    def settings(self) -> jobs.Settings:
+        return jobs.Settings(timeout=self.timeout, wall_factor=self.wall_factor,
                               notebook_timeout=self.notebook_timeout, startup_timeout=self.startup_timeout,
                               interrupt_grace=self.interrupt_grace, max_output_bytes=self.max_output_bytes,
                               sandbox=self.sandbox, memory_mb=self.memory_mb, disk_mb=self.disk_mb,
@@ -59,6 +59,8 @@ class JudgeExecute(NbGraderPreprocessor):
     def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
         info = resources.get("nbgrader", {})
         job = build_job(nb, info, Path(self.source_directory), self.settings())
+        from course_utils.grader import judge  # noqa: PLC0415 - torch and the judge: only where it runs
+
         result = judge.grade(job)
         if result.status != "graded":
             raise RuntimeError(f"the judge could not grade {job.student}/{job.assignment}: {result.error}")
@@ -71,7 +73,7 @@ class JudgeExecute(NbGraderPreprocessor):
 SandboxedExecute = JudgeExecute
 
 
-def build_job(nb: NotebookNode, info: dict, source_directory: Path, settings: judge.Settings) -> judge.Job:
+def build_job(nb: NotebookNode, info: dict, source_directory: Path, settings: jobs.Settings) -> jobs.Job:
     """The job for one sanitized notebook: the submission, the instructor's source cells, the data files."""
     import nbformat  # noqa: PLC0415
 
@@ -79,7 +81,7 @@ def build_job(nb: NotebookNode, info: dict, source_directory: Path, settings: ju
     source_path = source_directory / assignment / f"{notebook}.ipynb"
     source = nbformat.read(source_path, as_version=4)
     submission = json.loads(nbformat.writes(nb))
-    return judge.Job(student=str(info.get("student", "")), assignment=assignment, notebook=notebook,
+    return jobs.Job(student=str(info.get("student", "")), assignment=assignment, notebook=notebook,
                      submission=submission, source_cells=[dict(c) for c in source.cells],
                      files=assignment_files(source_directory / assignment), settings=settings,
                      version=version.grader_version())
@@ -103,7 +105,7 @@ def assignment_files(folder: Path, max_bytes: int = 200 * 1024 * 1024) -> dict[s
     return files
 
 
-def apply_result(nb: NotebookNode, result: judge.Result) -> None:
+def apply_result(nb: NotebookNode, result: jobs.Result) -> None:
     """Copy the executed notebook's outputs into ``nb`` (same cells) and the verdicts into its test cells."""
     import nbformat  # noqa: PLC0415
 
@@ -129,7 +131,7 @@ def _findings(nb: NotebookNode) -> Findings:
     return Findings.from_metadata(nb.metadata.get(METADATA_KEY))
 
 
-def write_report(directory: Path, result: judge.Result, findings: Findings) -> Path:
+def write_report(directory: Path, result: jobs.Result, findings: Findings) -> Path:
     """``<directory>/<student>/<assignment>/<notebook>.json``: verdicts, flags, notes, sandbox, worker, time."""
     path = directory / result.student / result.assignment / f"{result.notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,24 +16,15 @@ import linecache
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from course_utils.cells import error_output, stream_output
 from course_utils.grader import plan as planning
 from course_utils.grader import proxy
+from course_utils.grader.jobs import Verdict
 
 MAX_TEST_OUTPUT = 100_000        # characters of a test's printed evidence kept in the notebook
-
-
-@dataclass
-class Verdict:
-    grade_id: str
-    points: float
-    passed: bool
-    reason: str | None = None        # set when the grader, not a check, decided (not run, kernel died, ...)
-    seconds: float = 0.0
 
 
 class JudgeShell:

@@ -29,7 +29,6 @@ import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,48 +37,11 @@ from course_utils.grader import plan as planning
 from course_utils.grader import proxy, sandbox, scratch, version
 from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
-from course_utils.grader.interpreter import Interpreter, Verdict
-from course_utils.grader.kernel import GraderTooSlowError, KernelSession, KernelStartError, Settings
+from course_utils.grader.interpreter import Interpreter
+from course_utils.grader.jobs import Job, Result, Settings, Verdict
+from course_utils.grader.kernel import GraderTooSlowError, KernelSession, KernelStartError
 
 __all__ = ["GraderTooSlowError", "Job", "KernelStartError", "Result", "Settings", "Verdict", "grade", "warm_up"]
-
-
-@dataclass
-class Job:
-    """One notebook of one student's submission, everything a worker needs (no shared file system)."""
-
-    student: str
-    assignment: str
-    notebook: str
-    submission: dict                 # the sanitized notebook (nbformat 4 JSON)
-    source_cells: list[dict]         # the instructor's source notebook's cells
-    files: dict[str, bytes]          # the assignment's data files, by relative path
-    settings: Settings = field(default_factory=Settings)
-    version: str = ""                # the coordinator's grader version; a worker with another one refuses
-
-
-@dataclass
-class Result:
-    """What a worker sends back: the executed notebook, one verdict per test, findings."""
-
-    student: str
-    assignment: str
-    notebook: str
-    status: str = "graded"           # graded | refused (version mismatch) | error (the grader failed)
-    executed: dict | None = None
-    verdicts: list[Verdict] = field(default_factory=list)
-    review: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    sandbox: str = ""
-    seconds: float = 0.0
-    kernel_cpu_seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)   # seconds per phase: start, cells, judge, tests
-    worker: str = ""
-    version: str = ""
-    error: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def worker_name() -> str:
@@ -385,8 +347,9 @@ class _WarmKernels:
 _WARM = _WarmKernels()
 
 
-def warm_up() -> None:
-    """Import what grading needs once per worker process, before any job (a warm worker grades faster)."""
+def warm_up(spare: Settings | None = None) -> None:
+    """Import what grading needs once per worker process, before any job (a warm worker grades faster); with
+    ``spare`` settings, also start the spare kernel the first job will take (in the background)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -395,3 +358,10 @@ def warm_up() -> None:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
     version.grader_version()
+    if spare is not None:
+        with contextlib.suppress(RuntimeError, ValueError):       # no sandbox here: the first job will say so
+            mode = sandbox.detect_mode(spare.sandbox)
+
+            async def start_spare() -> None:
+                _WARM.prepare_next(mode, spare)
+            _WARM.run(start_spare())

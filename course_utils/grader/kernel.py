@@ -25,7 +25,6 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
@@ -33,33 +32,11 @@ from course_utils.cells import error_output, grade_id
 from course_utils.grader import kernel_client, proxy, sandbox, scratch
 from course_utils.grader.budget import Budget
 from course_utils.grader.integrity import Findings
+from course_utils.grader.jobs import Settings
 
 ORACLE_BOOTSTRAP = "import course_utils.grader.oracle as _course_oracle; _course_oracle.install(); del _course_oracle"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # one message from the kernel (ZMQ drops the peer past it)
 MAX_CALL_OUTPUT = 100_000                # characters of what the student's code prints during one request
-_DEFAULT_MEMORY_MB = sandbox.Limits.memory_mb
-_DEFAULT_DISK_MB = sandbox.Limits.work_mb
-
-
-@dataclass
-class Settings:
-    """How a notebook is run. ``timeout`` is CPU seconds of the sandbox per cell (and per test's calls)."""
-
-    timeout: int = 60
-    wall_factor: float = 5.0
-    notebook_timeout: int = 900
-    startup_timeout: int = 120
-    interrupt_grace: int = 10
-    max_output_bytes: int = 10_000_000
-    sandbox: str = "auto"
-    memory_mb: int = _DEFAULT_MEMORY_MB
-    disk_mb: int = _DEFAULT_DISK_MB  # the kernel's working folder and HOME together (a tmpfs, or watched)
-    stderr_fails_tests: bool = False
-    start_attempts: int = 3
-    max_received_mb: int = 256       # bytes of answers the judge accepts from the kernel per cell or test
-    run_all_cells: bool = False      # also run the demo cells no student code needs (for their outputs)
-
-
 class GraderTooSlowError(RuntimeError):
     """An instructor's cell ran out of time before any student code ran: the machine's fault, not a zero."""
 

@@ -33,17 +33,18 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
-from course_utils.grader import judge, scratch
+from course_utils.grader import jobs, scratch
 
 _POOLS = itertools.count(1)  # numbers the LocalWorkers of this process: their scratch folders' owner tags
 MAX_WAITS = 20            # pool breaks a job may wait through before it starts (workers that cannot start)
 DEFAULT_MEMORY_MB = 6144   # a warm worker grading the largest notebook peaks at about 1.9 GB of address space
 
 
-def start_worker(memory_mb: int, warm: bool = True, owner: str = "") -> None:
+def start_worker(memory_mb: int, warm: bool = True, owner: str = "", spare: jobs.Settings | None = None) -> None:
     """A worker's initializer: cap its address space (soft limit: the sandbox launcher sets the kernel's own),
     name its kernels' scratch folders after ``owner`` (the coordinator's pid and pool: ``/tmp/cgk-PID-N-*``), then
-    import what grading needs (``warm``). A worker that exits removes its spare kernel's folder
+    import what grading needs (``warm``) and start a spare kernel for ``spare`` settings (its first notebook then
+    finds one ready). A worker that exits removes its spare kernel's folder
     (``judge._WarmKernels``); the coordinator sweeps what a worker that died left (:meth:`LocalWorkers.shutdown`)."""
     if owner:
         scratch.set_owner(owner)
@@ -55,10 +56,25 @@ def start_worker(memory_mb: int, warm: bool = True, owner: str = "") -> None:
         if hard == resource.RLIM_INFINITY or hard > limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     if warm:
-        judge.warm_up()
+        from course_utils.grader import judge  # noqa: PLC0415 - torch and the judge: in the worker only
+
+        judge.warm_up(spare)
 
 
-def run_marked(grade: Callable[[judge.Job], judge.Result], job: judge.Job, marker: str) -> judge.Result:
+def _started() -> bool:
+    """A no-op task: submitted once, it makes the pool start its processes (and their warm-up) now."""
+    return True
+
+
+def grade(job: jobs.Job) -> jobs.Result:
+    """The default task of a worker: :func:`course_utils.grader.judge.grade` (imported here, in the worker, so
+    that the coordinator never imports torch)."""
+    from course_utils.grader import judge  # noqa: PLC0415
+
+    return judge.grade(job)
+
+
+def run_marked(grade: Callable[[jobs.Job], jobs.Result], job: jobs.Job, marker: str) -> jobs.Result:
     """Run ``grade(job)`` in a worker, leaving ``marker`` on disk while it runs (the coordinator reads it when
     the pool breaks: was this job running, or still waiting?)."""
     path = Path(marker)
@@ -74,11 +90,12 @@ class LocalWorkers:
 
     def __init__(self, n: int = 1, retries: int = 2, tasks_per_worker: int = 50,
                  memory_mb: int = DEFAULT_MEMORY_MB,
-                 grade: Callable[[judge.Job], judge.Result] = judge.grade, warm: bool = True) -> None:
+                 grade: Callable[[jobs.Job], jobs.Result] = grade, warm: bool = True,
+                 spare: jobs.Settings | None = None) -> None:
         if n < 1:
             raise ValueError(f"--jobs must be at least 1, got {n}")
         self.n, self.retries, self.tasks_per_worker = n, retries, tasks_per_worker
-        self.memory_mb, self.grade, self.warm = memory_mb, grade, warm
+        self.memory_mb, self.grade, self.warm, self.spare = memory_mb, grade, warm, spare
         self.lock = threading.Lock()
         self.markers = Path(tempfile.mkdtemp(prefix="course-workers-"))
         self.owner = f"{os.getpid()}-{next(_POOLS)}"      # names its kernels' scratch folders: cgk-PID-N-*
@@ -89,11 +106,18 @@ class LocalWorkers:
 
     def _new_pool(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_worker, initargs=(self.memory_mb, self.warm, self.owner),
+                                   initializer=start_worker,
+                                   initargs=(self.memory_mb, self.warm, self.owner, self.spare if self.warm else None),
                                    max_tasks_per_child=self.tasks_per_worker)
 
-    def submit(self, job: judge.Job) -> "Future[judge.Result]":
-        outer: Future[judge.Result] = Future()
+    def start(self) -> None:
+        """Start the worker processes now (they warm up while the coordinator prepares the first submissions),
+        instead of at the first job."""
+        with self.lock:
+            self.pool.submit(_started)
+
+    def submit(self, job: jobs.Job) -> "Future[jobs.Result]":
+        outer: Future[jobs.Result] = Future()
         self._attempt(job, outer, failures=0, alone=False, waits=0)
         return outer
 
@@ -105,7 +129,7 @@ class LocalWorkers:
                 self.quarantine = self._new_pool(1)
             return self.quarantine
 
-    def _attempt(self, job: judge.Job, outer: "Future[judge.Result]", failures: int, alone: bool,
+    def _attempt(self, job: jobs.Job, outer: "Future[jobs.Result]", failures: int, alone: bool,
                  waits: int) -> None:
         marker = str(self.markers / uuid.uuid4().hex)
         pool = self._pool(alone)
@@ -117,7 +141,7 @@ class LocalWorkers:
             inner = pool.submit(run_marked, self.grade, job, marker)
         inner.add_done_callback(self._on_done(job, outer, failures, alone, waits, pool, marker))
 
-    def _on_done(self, job: judge.Job, outer: "Future[judge.Result]", failures: int, alone: bool, waits: int,
+    def _on_done(self, job: jobs.Job, outer: "Future[jobs.Result]", failures: int, alone: bool, waits: int,
                  pool: ProcessPoolExecutor, marker: str) -> Callable[[Future], None]:
         def done(inner: Future) -> None:
             if outer.cancelled():
@@ -150,8 +174,8 @@ class LocalWorkers:
         return done
 
     @staticmethod
-    def _error(job: judge.Job, reason: str) -> judge.Result:
-        return judge.Result(job.student, job.assignment, job.notebook, status="error", error=reason)
+    def _error(job: jobs.Job, reason: str) -> jobs.Result:
+        return jobs.Result(job.student, job.assignment, job.notebook, status="error", error=reason)
 
     def _rebuild(self, broken: ProcessPoolExecutor) -> None:
         with self.lock:
