@@ -65,6 +65,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _jobs(text: str) -> "int | str":
+    """``--jobs``: a whole number of workers, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs takes a whole number or 'auto', got {text!r}") from None
+
+
 def cmd_autograde(args: argparse.Namespace) -> int:
     from course_utils.grader import autograde, workspace as grading  # noqa: PLC0415
 
@@ -77,6 +87,12 @@ def cmd_autograde(args: argparse.Namespace) -> int:
         print(f"{source} is inside the workspace {ws.path}: point autograde at the submissions as handed in",
               file=sys.stderr)
         return 2
+    if args.jobs == "auto":
+        from course_utils.grader.workers import auto_jobs  # noqa: PLC0415
+
+        args.jobs, why = auto_jobs()
+        if not args.scheduler:
+            print(f"{args.jobs} notebook{'s' if args.jobs > 1 else ''} at a time ({why}; set --jobs N to choose)")
     if args.jobs < 1:
         print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
@@ -272,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=int, help="address-space limit per kernel (default 8192)")
     p.add_argument("--disk-mb", type=int, help="what a kernel may write in its working folder and HOME together "
                    "(default 512)")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="notebooks graded at once on this machine (default 1; "
-                   "each kernel and its judge may need up to ~1.5 GB and one core)")
+    p.add_argument("--jobs", "-j", type=_jobs, default="auto", help="notebooks graded at once on this machine "
+                   "(default auto: one per usable core, as many as memory holds at ~3.5 GB each; a kernel and its "
+                   "judge use one core)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="grade on the workers of this Dask cluster "
                    "instead (pip install -e '.[cluster]'; see the README)")
     p.set_defaults(func=cmd_autograde)

@@ -40,6 +40,9 @@ def test_bad_arguments_say_what_is_wrong(course: Path, tmp_path: Path, capsys):
     assert cli.main(["--root", str(course), "autograde", str(tmp_path / "missing")]) == 2
     assert "student_id" in capsys.readouterr().err
     assert cli.main(["validate", str(tmp_path / "missing.ipynb")]) == 2
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--root", str(course), "autograde", str(tmp_path), "--jobs", "many"])
+    assert stop.value.code == 2 and "--jobs takes a whole number or 'auto', got 'many'" in capsys.readouterr().err
 
 
 def test_validate_lists_failing_checks_and_exits_nonzero(course: Path, tmp_path: Path, capsys):

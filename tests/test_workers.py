@@ -73,3 +73,14 @@ def test_a_worker_cannot_allocate_past_its_memory_cap():
 def test_workers_must_be_at_least_one():
     with pytest.raises(ValueError, match="--jobs must be at least 1, got 0"):
         LocalWorkers(0)
+
+
+def test_jobs_auto_is_one_per_core_as_far_as_memory_goes():
+    from course_utils.grader.workers import WORKER_BYTES, auto_jobs
+
+    assert auto_jobs(cores=8, available_bytes=64 * 2**30)[0] == 8          # cores decide
+    assert auto_jobs(cores=8, available_bytes=3 * WORKER_BYTES + 1)[0] == 3  # memory decides
+    assert auto_jobs(cores=4, available_bytes=WORKER_BYTES // 2)[0] == 1     # never fewer than one
+    jobs, why = auto_jobs(cores=2, available_bytes=0)                       # memory unknown: cores
+    assert jobs == 2 and "2 usable cores" in why and "memory unknown" in why
+

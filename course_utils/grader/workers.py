@@ -40,6 +40,37 @@ MAX_WAITS = 20            # pool breaks a job may wait through before it starts 
 DEFAULT_MEMORY_MB = 6144   # a warm worker grading the largest notebook peaks at about 1.9 GB of address space
 
 
+WORKER_BYTES = int(3.5 * 2**30)  # a worker (judge, ~1.9 GB at most) and its sandboxed kernel (~1.5 GB), side by side
+
+
+def auto_jobs(cores: int | None = None, available_bytes: int | None = None) -> tuple[int, str]:
+    """How many local workers ``--jobs auto`` starts: one per usable core, as many as the available memory holds
+    (:data:`WORKER_BYTES` each), at least one; and the reason, for the log."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    if available_bytes is None:
+        available_bytes = _available_memory()
+    by_memory = available_bytes // WORKER_BYTES if available_bytes else cores
+    jobs = max(1, min(cores, by_memory))
+    memory = f"{available_bytes / 2**30:.0f} GB available" if available_bytes else "memory unknown"
+    return jobs, f"--jobs auto: {cores} usable core{'s' if cores != 1 else ''}, {memory}"
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else 0 (unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def start_worker(memory_mb: int, warm: bool = True, owner: str = "", spare: jobs.Settings | None = None) -> None:
     """A worker's initializer: cap its address space (soft limit: the sandbox launcher sets the kernel's own),
     name its kernels' scratch folders after ``owner`` (the coordinator's pid and pool: ``/tmp/cgk-PID-N-*``), then
