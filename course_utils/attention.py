@@ -161,6 +161,42 @@ def repeated_random_tokens(vocab_size: int, length: int = 30, repeats: int = 2, 
     return torch.stack(rows).repeat(1, repeats)  # (batch, length * repeats)
 
 
+@dataclass(frozen=True)
+class CopyTest:
+    """How a model does on random tokens repeated twice (see :func:`copy_test`)."""
+    first: float  # mean loss on the first copy (nats/token): nothing to copy yet
+    second: float  # mean loss on the second copy: copying from the first one makes it low
+    induction: torch.Tensor  # (layers, heads): mean attention from the second copy to "the token after the last time"
+    next_after: torch.Tensor  # (layers, heads): the same one position further ("the token after that one")
+
+    @property
+    def ratio(self) -> float:
+        """Loss on the second copy over loss on the first: ~1 without in-context copying, towards 0 with it."""
+        return self.second / self.first
+
+
+def copy_test(model: Any, vocab_size: int, length: int = 30, batch: int = 4, seed: int = 0) -> CopyTest:
+    """Feed ``batch`` rows of ``length`` random tokens repeated twice; measure the loss on each copy and
+    every head's induction score (the model needs eager attention, see :func:`load_attention_model`).
+
+    The induction score of a head is its mean attention from position ``i`` of the second copy to position
+    ``i - length + 1``: the token that followed the previous occurrence of the current token (Olsson et al.);
+    ``next_after`` is the mean attention to ``i - length + 2``, one token further.
+    """
+    rep = repeated_random_tokens(vocab_size, length=length, repeats=2, seed=seed, batch=batch)  # (B, 2L)
+    with torch.no_grad():
+        out = model(rep, output_attentions=True)
+    if not out.attentions:
+        raise ValueError("The model returned no attention weights: load it with attn_implementation='eager'.")
+    nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), rep[:, 1:], reduction="none")
+    attn = torch.stack(out.attentions, dim=1)  # (B, layers, H, 2L, 2L)
+    rows = torch.arange(length, 2 * length)  # queries in the second copy
+    induction = attn[:, :, :, rows, rows - length + 1].mean(dim=(0, 3))  # (layers, H)
+    further = rows[:-1]  # the last query has no "one further" inside the first copy's continuation
+    next_after = attn[:, :, :, further, further - length + 2].mean(dim=(0, 3))  # (layers, H)
+    return CopyTest(float(nll[:, : length - 1].mean()), float(nll[:, length:].mean()), induction, next_after)
+
+
 def causal_uniform_baseline(T: int, offset: int = 1, start: int | None = None) -> float:
     """What a head that spreads its attention evenly over all allowed tokens scores on a diagonal score.
 

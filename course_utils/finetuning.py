@@ -51,6 +51,40 @@ def summary_pairs(seed: int = FINETUNE_SEED, n: int = 2000) -> list[tuple[str, s
     return [(world.summarize_prompt(d.text), " " + d.summary) for d in world.dialogues(seed, n)]
 
 
+def _review_start(review_text: str) -> tuple[str, str]:
+    """A review's first sentence (the opener, about the product) and the rest (the aspect sentences)."""
+    opener, _, body = review_text.partition(". ")
+    return opener + ".", body
+
+
+def steer_pairs(seed: int = FINETUNE_SEED, n: int = 2000, label: str = "positive") -> list[tuple[str, str]]:
+    """``n`` (prompt, completion) pairs that teach a *style* rather than a task: the prompt is the start of a
+    review page, ``Review: I bought this lamp last Monday.``, and the completion the rest of a ``label`` review."""
+    rng = world.rng_for(seed)
+    pairs = []
+    for _ in range(n):
+        opener, body = _review_start(world.make_review(rng, label=label).text)
+        pairs.append((f"Review: {opener}", " " + body))
+    return pairs
+
+
+def steer_prompts(n: int = 50, seed: int = world.HELD_OUT_SEED) -> list[str]:
+    """``n`` held-out review starts (``Review: <opener>``) for measuring which way generation leans."""
+    return [prompt for prompt, _ in steer_pairs(seed, n, label="positive")]
+
+
+def evaluate_steering(model: nn.Module, tokenizer, n: int = 50, seed: int = world.HELD_OUT_SEED,
+                      soft_prompt: nn.Module | None = None) -> dict[str, Any]:
+    """Sampled continuations (temperature 1, seeded) of ``n`` held-out review starts, judged by
+    :func:`world.sentiment_score`: the share that reads positive, the mean score, and the continuations.
+    Sampling shows what the model's distribution leans to; greedy decoding would loop on one phrase."""
+    texts = greedy_generate(model, tokenizer, steer_prompts(n, seed), max_new_tokens=32, soft_prompt=soft_prompt,
+                            temperature=1.0)
+    scores = [world.sentiment_score(t) for t in texts]
+    return {"positive_share": sum(x > 0 for x in scores) / n, "mean_sentiment": sum(scores) / n,
+            "predictions": texts}
+
+
 def tokenize(text: str) -> list[str]:
     """Words as ``rouge-score`` sees them: lower-case, every non-alphanumeric run becomes a space.
 
@@ -197,12 +231,15 @@ def soft_prompt_loss(soft_prompt: nn.Module) -> LossFn:
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
-                    soft_prompt: nn.Module | None = None, batch_size: int = 32) -> list[str]:
+                    soft_prompt: nn.Module | None = None, batch_size: int = 32, temperature: float = 0.0,
+                    seed: int = 0) -> list[str]:
     """Greedy completions of ``prompts`` in batches (left padding + KV cache), cut at EOS or a newline.
 
     Same tokens as ``model.generate(do_sample=False)`` one prompt at a time (tested), ~10x faster.
-    With ``soft_prompt`` the virtual tokens go in front of every prompt.
+    With ``soft_prompt`` the virtual tokens go in front of every prompt. ``temperature > 0`` samples
+    instead (seeded with ``seed``: the same call gives the same texts).
     """
+    gen = torch.Generator().manual_seed(seed)
     model.eval()
     eos = tokenizer.eos_token_id
     results: list[str] = []
@@ -226,7 +263,9 @@ def greedy_generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new
         past, new = out.past_key_values, []
         done = torch.zeros(len(encoded), dtype=torch.bool)
         for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)  # (B,)
+            logits = out.logits[:, -1]  # (B, V)
+            nxt = (logits.argmax(-1) if temperature <= 0 else
+                   torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen)[:, 0])  # (B,)
             new.append(nxt)
             done |= nxt == eos
             if bool(done.all()):

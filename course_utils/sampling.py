@@ -2,8 +2,9 @@
 
 Nothing here answers an exercise: learners write ``softmax_with_temperature``, ``top_k_filter``,
 ``top_p_filter`` and ``sample_next_token`` themselves. This module gets logits out of the bundled model,
-runs a decoding loop around *their* sampling function, and builds and scores few-shot prompts, so the
-notebook can stay about ideas.
+runs a decoding loop around *their* sampling function, and builds and scores few-shot prompts
+(:func:`few_shot_prompt`, :func:`few_shot_eval`; fresh-label in-context learning is in :mod:`course_utils.incontext`),
+so the notebook can stay about ideas.
 
     >>> from course_utils.models import load_model
     >>> from course_utils.sampling import next_token_logits, generate_with

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +23,7 @@ import torch
 
 from course_utils import world
 from course_utils.models import ASSETS_DIR, BUNDLED_MODELS
+from course_utils.train_data import attention_loss, copy_batch, fourier_positions
 
 BLOCK_SIZE = 256
 
@@ -37,9 +38,27 @@ class TrainConfig:
     weight_decay: float = 0.05
     seed: int = 0
     n_documents: int = 12_000
+    sorting_pages: int = 0  # extra documents: sorting pages with fresh box names (world.make_sorting_page)
+    copy_rows: int = 0  # copy rows per step while there is no text yet (train_data.copy_row)
+    copy_rows_with_text: int = 0  # copy rows per step next to batch_size rows of text (keeps the skill in use)
+    copy_width: int = 64  # tokens per copy row (short rows: cheap)
+    copy_only_steps: int = 0  # steps at the start with copy rows only, no text: the copying heads form first
+    attention_weight: float = 0.0  # weight of train_data.attention_loss on copy rows (0: next-token loss only)
+    positions: str = "learned"  # "fourier": wpe starts as train_data.fourier_positions (and stays: frozen)
+    init_range: float = 0.02  # std of the initial weights (GPT-2's initializer_range)
+    probe_every: int = 0  # record copy ratio, induction score and fresh-label accuracy every N steps (0: never)
 
 
 MODEL_SHAPE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=BLOCK_SIZE)
+
+# The bundled tiny-base: copy rows first (with attention targets for two heads), then world text with sorting
+# pages and copy rows, fixed Fourier positions. See course_utils.train_data for why, the model card for the curve.
+BASE_RECIPE = TrainConfig(steps=3000, batch_size=12, lr=1e-3, warmup=100, weight_decay=0.01, n_documents=20_000,
+                          sorting_pages=15_000, copy_rows=32, copy_rows_with_text=8, copy_width=64, copy_only_steps=800,
+                          attention_weight=0.3, positions="fourier", probe_every=100)
+# tiny-instruct: tiny-base + instruction pairs, with plain text (and sorting pages) and copy rows mixed in.
+INSTRUCT_RECIPE = TrainConfig(steps=800, lr=1e-3, warmup=50, n_documents=20_000, sorting_pages=2000,
+                              copy_rows_with_text=8, attention_weight=0.3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,30 +151,108 @@ def _schedule(step: int, cfg: TrainConfig) -> float:
 
 
 def _optimizer(model, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # fixed position vectors are not trained
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
 
 
-def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100):
-    """Train a GPT-2-architecture model from scratch on the world's pre-training corpus."""
+def new_model(tokenizer, cfg: TrainConfig):
+    """A freshly initialised GPT-2 of :data:`MODEL_SHAPE` (``cfg.positions="fourier"``: fixed position vectors)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(cfg.seed)
-    blocks = _blocks(tokenizer, world.pretraining_documents(world.TRAIN_SEED, cfg.n_documents))
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **MODEL_SHAPE)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=cfg.init_range,
+                        **MODEL_SHAPE)
     model = GPT2LMHeadModel(config)
+    if cfg.positions == "fourier":
+        with torch.no_grad():
+            model.transformer.wpe.weight.copy_(fourier_positions(config.n_positions, config.n_embd))
+        model.transformer.wpe.weight.requires_grad_(False)
+    elif cfg.positions != "learned":
+        raise ValueError(f"positions must be 'learned' or 'fourier', got {cfg.positions!r}")
+    return model
+
+
+def pretraining_text(cfg: TrainConfig) -> list[str]:
+    """The world documents of pre-training (:func:`world.pretraining_documents`) with ``cfg.sorting_pages`` label
+    pages shuffled in (seeded)."""
+    docs = world.pretraining_documents(world.TRAIN_SEED, cfg.n_documents)
+    if cfg.sorting_pages:
+        docs = docs + world.sorting_pages(world.TRAIN_SEED + 10, cfg.sorting_pages)
+        random.Random(cfg.seed).shuffle(docs)
+    return docs
+
+
+@torch.no_grad()
+def probe(model, tokenizer, n_icl: int = 40) -> dict:
+    """What the training curve records: loss on random tokens repeated twice (first and second copy), the
+    best induction score, and fresh-label accuracy with 0 and 8 examples (:mod:`course_utils.incontext`)."""
+    from course_utils.attention import copy_test
+    from course_utils.incontext import TASKS, fresh_label_eval
+
+    was_training = model.training
+    model.eval()
+    model.set_attn_implementation("eager")
+    try:
+        test = copy_test(model, len(tokenizer))
+        icl = {task: fresh_label_eval(model, tokenizer, ks=(0, 8), n=n_icl, task=task) for task in TASKS}
+    finally:
+        model.set_attn_implementation("sdpa")
+        model.train(was_training)
+    return dict(copy_first=round(test.first, 3), copy_second=round(test.second, 3), copy_ratio=round(test.ratio, 3),
+                induction=round(float(test.induction.max()), 3), next_after=round(float(test.next_after.max()), 3),
+                **{f"{task}_k{r.k}": r.accuracy for task, rs in icl.items() for r in rs})
+
+
+def copy_rows_loss(model, gen: torch.Generator, n_rows: int, cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
+    """Next-token loss on ``n_rows`` fresh copy rows, plus ``cfg.attention_weight`` times the two heads'
+    attention loss (:func:`course_utils.train_data.attention_loss`; needs eager attention for the weights)."""
+    ids = copy_batch(gen, n_rows, cfg.copy_width, vocab_size)  # (C, W)
+    if not cfg.attention_weight:
+        return model(input_ids=ids, labels=ids).loss
+    model.set_attn_implementation("eager")
+    try:
+        out = model(input_ids=ids, labels=ids, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    return out.loss + cfg.attention_weight * attention_loss(out.attentions, ids)
+
+
+def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100, curve: list | None = None):
+    """Train a GPT-2-architecture model from scratch: world text, label pages and copy rows.
+
+    ``curve``: a list to append :func:`probe` records to (every ``cfg.probe_every`` steps).
+    """
+    torch.manual_seed(cfg.seed)
+    blocks = _blocks(tokenizer, pretraining_text(cfg))
+    model = new_model(tokenizer, cfg)
     opt, sched = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
     model.train()
-    for step in range(cfg.steps):
-        rows = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]  # (B, T+1)
-        loss = model(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss
+    for step in range(cfg.steps + 1):
+        if cfg.probe_every and curve is not None and step % cfg.probe_every == 0:
+            rec = dict(step=step, train_loss=round(sum(losses) / len(losses), 3) if losses else None, **probe(model, tokenizer))
+            curve.append(rec)
+            losses.clear()
+            print("  probe", json.dumps(rec), flush=True)
+        if step == cfg.steps:
+            break
+        if step < cfg.copy_only_steps:
+            loss = copy_rows_loss(model, gen, cfg.copy_rows, cfg, len(tokenizer))
+        else:
+            rows = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]  # (B, T+1)
+            loss = model(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss
+            if cfg.copy_rows_with_text:  # one step, two shapes: weighted by their numbers of tokens
+                n_text, n_copy = rows[:, :-1].numel(), cfg.copy_rows_with_text * cfg.copy_width
+                copy_loss = copy_rows_loss(model, gen, cfg.copy_rows_with_text, cfg, len(tokenizer))
+                loss = (n_text * loss + n_copy * copy_loss) / (n_text + n_copy)
         _optimizer_step(model, opt, sched, loss)
+        losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"  pretrain step {step:5d}  loss {loss.item():.3f}", flush=True)
     model.eval()
@@ -163,20 +260,29 @@ def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100):
 
 
 def instruction_tune(model, tokenizer, cfg: TrainConfig, log_every: int = 100):
-    """Multi-task instruction tuning (FLAN-style) with 25 % plain text mixed in against forgetting."""
+    """Multi-task instruction tuning (FLAN-style) with 25 % plain text mixed in against forgetting.
+
+    The plain text is world documents with ``cfg.sorting_pages`` label pages among them, and every step adds
+    ``cfg.copy_rows_with_text`` copy rows: what tiny-base learned to do in context stays in use.
+    """
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     pairs = world.instructions(world.INSTRUCT_SEED, cfg.n_documents)
     rows = encode_pairs(tokenizer, pairs)
-    plain = [(ids, ids) for ids in (tokenizer(d)["input_ids"][:BLOCK_SIZE]
-                                    for d in world.pretraining_documents(world.INSTRUCT_SEED + 100,
-                                                                         cfg.n_documents // 3))]
+    docs = world.pretraining_documents(world.INSTRUCT_SEED + 100, cfg.n_documents // 3)
+    docs += world.sorting_pages(world.INSTRUCT_SEED + 110, cfg.sorting_pages)
+    plain = [(ids, ids) for ids in (tokenizer(d)["input_ids"][:BLOCK_SIZE] for d in docs)]
     opt, sched = _optimizer(model, cfg)
     model.train()
     for step in range(cfg.steps):
         batch = [rng.choice(plain) if rng.random() < 0.25 else rng.choice(rows) for _ in range(cfg.batch_size)]
         ids, labels, mask = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if cfg.copy_rows_with_text:
+            n_text, n_copy = int((labels[:, 1:] != -100).sum()), cfg.copy_rows_with_text * cfg.copy_width
+            copy_loss = copy_rows_loss(model, gen, cfg.copy_rows_with_text, cfg, len(tokenizer))
+            loss = (n_text * loss + n_copy * copy_loss) / (n_text + n_copy)
         _optimizer_step(model, opt, sched, loss)
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"  instruct step {step:5d}  loss {loss.item():.3f}", flush=True)
@@ -232,7 +338,20 @@ def evaluate(model, tokenizer, n: int = 50) -> dict:
         "sentiment_accuracy": round(accuracy, 3),
         "example_summary": {"dialogue": dialogues[0].text, "reference": dialogues[0].summary,
                             "model": summaries[0]},
+        **in_context_metrics(model, tokenizer, 100 if n >= 50 else 8),
     }
+
+
+def in_context_metrics(model, tokenizer, n_icl: int = 100) -> dict:
+    """Copying and in-context learning: loss on random tokens repeated twice (30 tokens, 4 rows), the best
+    induction score, and fresh-label accuracy at k = 0, 1, 2, 4, 8 on ``n_icl`` held-out words per task."""
+    from course_utils.incontext import TASKS, fresh_label_eval
+
+    p = probe(model, tokenizer, n_icl=4)
+    return {"copy_loss_first": p["copy_first"], "copy_loss_second": p["copy_second"], "copy_ratio": p["copy_ratio"],
+            "best_induction_score": p["induction"], "best_next_after_score": p["next_after"],
+            **{f"fresh_label_accuracy_{task}": {str(r.k): round(r.accuracy, 3) for r in fresh_label_eval(
+                model, tokenizer, ks=(0, 1, 2, 4, 8), n=n_icl, task=task)} for task in TASKS}}
 
 
 def samples(model, tokenizer) -> dict[str, str]:
@@ -289,14 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ASSETS_DIR, help="where to write the models")
     parser.add_argument("--base-steps", type=int, default=None)
     parser.add_argument("--instruct-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
     args = parser.parse_args(argv)
     if args.out.resolve() == ASSETS_DIR.resolve() and args.quick:
         parser.error("--quick would overwrite the bundled models: give --out DIR")
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    base_cfg = TrainConfig(steps=20, n_documents=400, warmup=5) if args.quick else TrainConfig()
-    inst_cfg = (TrainConfig(steps=10, n_documents=200, warmup=2, lr=1e-3) if args.quick
-                else TrainConfig(steps=800, lr=1e-3, warmup=50, n_documents=20_000))
+    torch.set_num_threads(args.threads or min(2, torch.get_num_threads()))
+    base_cfg = (TrainConfig(steps=20, n_documents=400, warmup=5, sorting_pages=50, copy_rows=4, copy_rows_with_text=2,
+                            copy_only_steps=8, attention_weight=0.3, positions="fourier", probe_every=10) if args.quick
+                else replace(BASE_RECIPE))
+    inst_cfg = (TrainConfig(steps=10, n_documents=200, warmup=2, lr=1e-3, sorting_pages=20, copy_rows_with_text=2,
+                            attention_weight=0.3)
+                if args.quick else replace(INSTRUCT_RECIPE))
     base_cfg.steps = args.base_steps or base_cfg.steps
     inst_cfg.steps = args.instruct_steps or inst_cfg.steps
     n_eval = 5 if args.quick else 50
@@ -308,12 +431,15 @@ def main(argv: list[str] | None = None) -> int:
 
     common = dict(vocab_size=len(tokenizer), threads=torch.get_num_threads())
     t = time.perf_counter()
-    base = pretrain(tokenizer, base_cfg)
+    curve: list[dict] = []
+    base = pretrain(tokenizer, base_cfg, curve=curve)
     base_seconds = time.perf_counter() - t
     card = dict(name="tiny-base", description=BUNDLED_MODELS["tiny-base"], parameters=base.num_parameters(),
                 data=f"{base_cfg.n_documents} world documents (seed {world.TRAIN_SEED}): stories, dialogues "
-                     "without summaries, review pages", config=asdict(base_cfg), train_seconds=base_seconds,
-                metrics=evaluate(base, tokenizer, n_eval), samples=samples(base, tokenizer), **common)
+                     f"without summaries, review pages; {base_cfg.sorting_pages} sorting pages (fresh box names per "
+                     "page); copy rows (a random span repeated to the end of the row)", config=asdict(base_cfg), train_seconds=base_seconds,
+                metrics=evaluate(base, tokenizer, n_eval), samples=samples(base, tokenizer), training_curve=curve,
+                **common)
     save_model(base, tokenizer, args.out / "tiny-base", card)
     print(json.dumps(card["metrics"], indent=1), flush=True)
 

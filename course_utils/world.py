@@ -286,6 +286,56 @@ def make_review_page(rng: random.Random) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sorting pages: in-context learning episodes with fresh labels
+#
+# A *sorting page* puts words into boxes named by label words: ``Sort the words: great: red, Paris: blue,
+# awful: blue, nice: red, ...``. The box names are drawn afresh for every page from :data:`LABEL_WORDS`, words
+# that say nothing about the words sorted, so the only way to predict a box is to look at the earlier pairs of
+# the same page: which box took words of this kind. Chan et al. (2022) found that such "bursty" data (classes
+# that recur within a context, with a mapping that changes between contexts) is what makes small transformers
+# learn in context. The pattern is the one an induction head completes (``A : B ... A :`` -> ``B``), with
+# "a word of the same kind" in place of "the same word".
+
+LABEL_WORDS = COLORS + DISHES + TRANSPORT  # box names: none of them is a word that gets sorted
+WORD_CLASSES = {"animal": ANIMALS, "city": CITIES, "item": ITEMS, "day": DAYS, "name": NAMES, "place": PLACES,
+                "positive": sorted(POSITIVE_WORDS), "negative": sorted(NEGATIVE_WORDS)}
+SORT_HEADER = "Sort the words:"
+
+
+def sorting_prompt(pairs: Sequence[tuple[str, str]], query: str | None = None) -> str:
+    """``Sort the words: w1: l1, w2: l2, ...`` and, if given, ``query:`` last (its box is what comes next)."""
+    items = [f"{w}: {label}" for w, label in pairs] + ([f"{query}:"] if query is not None else [])
+    return f"{SORT_HEADER} " + ", ".join(items)
+
+
+def make_sorting_page(rng: random.Random, classes: Sequence[str] | None = None, k: int | None = None) -> str:
+    """A page of ``k`` (6-16) sorted words from two or three classes, each class with a box name drawn for this page.
+
+    Without ``classes``, 40 % of pages sort sentiment words (positive / negative) and the others two or three
+    kinds of things (animals, cities, items, days, names, places).
+    """
+    if classes is None:
+        classes = (["positive", "negative"] if rng.random() < 0.4 else
+                   rng.sample(["animal", "city", "item", "day", "name", "place"], rng.choice([2, 2, 3])))
+    unknown = [c for c in classes if c not in WORD_CLASSES]
+    if unknown or len(classes) < 2:
+        raise ValueError(f"classes must be two or more of {sorted(WORD_CLASSES)}, got {list(classes)!r}")
+    k = k if k is not None else rng.randint(6, 16)
+    boxes = dict(zip(classes, rng.sample(LABEL_WORDS, len(classes))))
+    pairs = []
+    for _ in range(k):
+        c = rng.choice(list(classes))
+        pairs.append((rng.choice(WORD_CLASSES[c]), boxes[c]))
+    return sorting_prompt(pairs) + "."
+
+
+def sorting_pages(seed: int, n: int) -> list[str]:
+    """``n`` sorting pages (see :func:`make_sorting_page`)."""
+    rng = rng_for(seed)
+    return [make_sorting_page(rng) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
 # Preferences for RLHF
 
 PREFERENCE_CRITERION = ("A better review is positive about the product it was asked about, "
@@ -299,7 +349,24 @@ def preference_score(text: str, item: str) -> float:
     of a content word costs 1.5; a review that never names ``item`` loses 3. This is the 'human labeller'
     of the course world: the reward model must learn it from rankings alone.
     """
-    words = text.lower().replace(".", " ").replace(",", " ").replace("\"", " ").split()
+    words = _words(text)
+    score = sentiment_score(text)
+    if item not in words:
+        score -= 3.0  # off-topic: never names the product
+    content = [w for w in words if w not in _FUNCTION_WORDS]
+    score -= 1.5 * (len(content) - len(set(content)))
+    return round(score, 3)
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().replace(".", " ").replace(",", " ").replace("\"", " ").split()
+
+
+def sentiment_score(text: str) -> float:
+    """The summed polarity of a text's sentiment words, each counted once ("not" flips and halves, an
+    intensifier scales): > 0 reads positive, < 0 negative, 0 neutral. The sentiment part of
+    :func:`preference_score`, and how the course judges the sentiment of generated reviews."""
+    words = _words(text)
     score, seen, i = 0.0, set(), 0
     while i < len(words):
         scale = 1.0
@@ -314,10 +381,6 @@ def preference_score(text: str, item: str) -> float:
             score += scale * (POSITIVE_WORDS.get(w, 0.0) + NEGATIVE_WORDS.get(w, 0.0))
         seen.add(w)
         i += 1
-    if item not in words:
-        score -= 3.0  # off-topic: never names the product
-    content = [w for w in words if w not in _FUNCTION_WORDS]
-    score -= 1.5 * (len(content) - len(set(content)))
     return round(score, 3)
 
 

@@ -109,3 +109,27 @@ def test_eager_attention_returns_maps():
         out = model(ids, output_attentions=True)
     assert len(out.attentions) == model.config.n_layer
     assert out.attentions[0].shape == (1, model.config.n_head, ids.shape[1], ids.shape[1])
+
+
+def test_base_model_copies_from_its_context():
+    """The phenomenon notebook 1 teaches: on random tokens repeated twice, the second copy is far easier."""
+    from course_utils.attention import copy_test
+
+    model, tokenizer = load_model("tiny-base", attn_implementation="eager")
+    test = copy_test(model, len(tokenizer))
+    assert test.ratio <= 0.3, f"loss on the second copy {test.second:.2f} vs first {test.first:.2f}"
+    assert float(test.next_after.max()) > 10 * float(test.induction.mean()), "an induction head should stand out"
+    card = json.loads((models.bundled_model_dir("tiny-base") / "metrics.json").read_text())
+    assert card["metrics"]["copy_ratio"] <= 0.3 and len(card["training_curve"]) > 10
+
+
+@pytest.mark.parametrize("name", ["tiny-base", "tiny-instruct"])
+def test_in_context_learning_rises_with_the_number_of_examples(name):
+    """The phenomenon notebook 2 teaches: fresh box names, chance without examples, far better with 8."""
+    from course_utils.incontext import fresh_label_eval
+
+    model, tokenizer = load_model(name)
+    for task in ("sentiment", "category"):
+        k0, k8 = fresh_label_eval(model, tokenizer, ks=(0, 8), n=40, task=task)
+        assert k0.accuracy <= 0.7, f"{name} {task}: {k0.accuracy:.2f} with no example is not a guess"
+        assert k8.accuracy >= 0.8, f"{name} {task}: only {k8.accuracy:.2f} with 8 examples"

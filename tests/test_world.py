@@ -92,3 +92,39 @@ def test_bad_arguments_are_named():
         world.rng_for("7")
     with pytest.raises(ValueError, match="label must be"):
         world.make_review(world.rng_for(1), label="meh")
+
+
+def test_sorting_pages_draw_fresh_box_names_and_keep_them_within_a_page():
+    rng = world.rng_for(8)
+    pairs = set()
+    for _ in range(80):
+        page = world.make_sorting_page(rng)
+        assert page.startswith(world.SORT_HEADER + " ") and page.endswith(".")
+        items = [item.split(": ") for item in page[len(world.SORT_HEADER) + 1:-1].split(", ")]
+        assert 6 <= len(items) <= 16 and all(len(item) == 2 for item in items)
+        box_of: dict[str, set[str]] = {}
+        for word, box in items:
+            kinds = [c for c, members in world.WORD_CLASSES.items() if word in members]
+            assert len(kinds) == 1, word
+            box_of.setdefault(kinds[0], set()).add(box)
+        assert all(len(boxes) == 1 for boxes in box_of.values()), page  # one box per kind on a page
+        boxes = [b for bs in box_of.values() for b in bs]
+        assert len(set(boxes)) == len(boxes) and set(boxes) <= set(world.LABEL_WORDS)
+        pairs.add(tuple(sorted(boxes)))
+    assert len(pairs) > 40, "box names should change from page to page"
+
+
+def test_box_names_are_never_words_that_get_sorted():
+    sorted_words = {w for members in world.WORD_CLASSES.values() for w in members}
+    assert not sorted_words & set(world.LABEL_WORDS)
+    assert world.sorting_prompt([("fox", "red"), ("Paris", "blue")], "owl") == "Sort the words: fox: red, Paris: blue, owl:"
+    with pytest.raises(ValueError, match="classes must be"):
+        world.make_sorting_page(world.rng_for(3), classes=["poem", "city"])
+    with pytest.raises(ValueError, match="classes must be"):
+        world.make_sorting_page(world.rng_for(3), classes=["city"])
+
+
+def test_sentiment_score_is_the_sentiment_part_of_the_preference():
+    assert world.sentiment_score("The lamp is not bad. It is very good.") == pytest.approx(0.5 + 1.5)
+    assert world.sentiment_score("The lamp is great. great.") == pytest.approx(2.0)  # each word counts once
+    assert world.preference_score("The lamp is great.", "lamp") == world.sentiment_score("The lamp is great.")

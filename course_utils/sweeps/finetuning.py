@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from course_utils import world
-from course_utils.finetuning import (FINETUNE_SEED, TARGETS, evaluate_summaries, fine_tune, story_perplexity,
-                                     summary_pairs)
+from course_utils.finetuning import (FINETUNE_SEED, TARGETS, evaluate_steering, evaluate_summaries, fine_tune,
+                                     steer_pairs, story_perplexity, summary_pairs)
 from course_utils.train import encode_pairs
 
 SWEEP_PATH = Path(__file__).resolve().parents[1] / "assets" / "finetuning" / "sweep.json"
@@ -57,6 +57,9 @@ class SweepConfig:
     more_virtual_tokens: int = 50  # a second prompt-tuning run: does a longer soft prompt help?
     harder_lr_full: float = 1e-3  # the same steps with a 10x larger learning rate: does forgetting grow?
     harder_lr_lora: float = 5e-3
+    steer_steps: int = 200  # the second task: steer tiny-base's reviews positive (style, not a new skill)
+    steer_n_eval: int = 100
+    steer_prompt_init: str = "Write a positive review:"
 
 
 class _PeftPrompt(nn.Module):
@@ -90,6 +93,16 @@ def methods(cfg: SweepConfig) -> list[dict[str, Any]]:
     return [dict(spec, index=i) for i, spec in enumerate(runs)]
 
 
+def steer_methods(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The runs of the steering task (same learning rates per family as the summary task)."""
+    runs = [dict(name="full fine-tuning", method="full", peft_class="none (all weights)", lr=cfg.lr_full),
+            dict(name="LoRA all-linear r=4", method="lora", peft_class="reparameterization", target="all-linear", r=4,
+                 alpha=cfg.lora_alpha_over_r * 4, lr=cfg.lr_lora)]
+    runs += [dict(name=f"prompt tuning ({n} virtual tokens)", method="prompt", peft_class="additive",
+                  n_virtual_tokens=n, lr=cfg.lr_prompt) for n in (cfg.n_virtual_tokens, cfg.more_virtual_tokens)]
+    return [dict(spec, index=i, task="steer") for i, spec in enumerate(runs)]
+
+
 def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[str, Any]:
     """Load a fresh base model, set up one method, train, evaluate; returns a JSON-ready record."""
     import peft
@@ -99,6 +112,7 @@ def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[st
     model, tok = load_model(cfg.base)
     total = count_parameters(model)
     loss_fn, soft, net, disable = None, None, model, None
+    steer = spec.get("task") == "steer"
     if spec["method"] == "full":
         params = list(model.parameters())
     elif spec["method"] == "bitfit":
@@ -114,21 +128,27 @@ def _one_run(spec: dict[str, Any], cfg: SweepConfig, rows, log: bool) -> dict[st
     else:
         config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec["n_virtual_tokens"],
                                          prompt_tuning_init=peft.PromptTuningInit.TEXT,
-                                         prompt_tuning_init_text="Summarize the dialogue:",
+                                         prompt_tuning_init_text=cfg.steer_prompt_init if steer
+                                         else "Summarize the dialogue:",
                                          tokenizer_name_or_path=str(tok.name_or_path))
         pm = peft.get_peft_model(model, config)
         net, soft = pm.get_base_model(), _PeftPrompt(pm)
         params = [p for p in pm.parameters() if p.requires_grad]
         loss_fn = lambda _m, ids, labels, mask: pm(input_ids=ids, attention_mask=mask, labels=labels).loss  # noqa: E731
-    train_log = fine_tune(net, rows, params, steps=cfg.steps, lr=spec["lr"], batch_size=cfg.batch_size,
+    steps = cfg.steer_steps if steer else cfg.steps
+    train_log = fine_tune(net, rows, params, steps=steps, lr=spec["lr"], batch_size=cfg.batch_size,
                           seed=cfg.seed, pad_id=tok.eos_token_id, loss_fn=loss_fn, log_every=100 if log else 0)
-    ev = evaluate_summaries(net, tok, cfg.n_eval, soft_prompt=soft)
+    if steer:
+        ev = evaluate_steering(net, tok, cfg.steer_n_eval, soft_prompt=soft)
+        quality = dict(positive_share=round(ev["positive_share"], 4), mean_sentiment=round(ev["mean_sentiment"], 4))
+    else:
+        ev = evaluate_summaries(net, tok, cfg.n_eval, soft_prompt=soft)
+        quality = dict(rougeL=round(ev["rougeL"], 4))
     rec = dict(spec, trainable_params=train_log.trainable, total_params=total, share=train_log.trainable / total,
                seconds=round(train_log.seconds, 2), cpu_seconds=round(train_log.cpu_seconds, 2),
-               cpu_per_step=round(train_log.cpu_seconds / cfg.steps, 4), optimizer_bytes=train_log.optimizer_bytes,
-               rougeL=round(ev["rougeL"], 4),
-               story_ppl_after=round(story_perplexity(net, tok, cfg.n_stories, soft_prompt=soft), 4),
-               losses=[round(x, 4) for x in train_log.losses[:: max(1, cfg.steps // 50)]],
+               cpu_per_step=round(train_log.cpu_seconds / steps, 4), optimizer_bytes=train_log.optimizer_bytes,
+               **quality, story_ppl_after=round(story_perplexity(net, tok, cfg.n_stories, soft_prompt=soft), 4),
+               losses=[round(x, 4) for x in train_log.losses[:: max(1, steps // 50)]],
                example=ev["predictions"][0])
     if disable is not None:
         with disable():
@@ -151,7 +171,8 @@ def _cpu_name() -> str:
 
 def run_sweep(cfg: SweepConfig | None = None, out: Path | None = SWEEP_PATH, only: str | None = None,
               part: tuple[int, int] = (0, 1), log: bool = True) -> dict[str, Any]:
-    """Train every method of :func:`methods` with one recipe and write the JSON the notebook shows.
+    """Train every method of :func:`methods` (summaries) and :func:`steer_methods` (positive reviews) with one
+    recipe and write the JSON the notebook shows.
 
     ``only`` keeps runs whose name contains it (e.g. ``"r=8"``); ``part=(i, n)`` runs every n-th run from
     the i-th, so n processes can share the work (combine their files with :func:`merge_sweeps`).
@@ -165,14 +186,21 @@ def run_sweep(cfg: SweepConfig | None = None, out: Path | None = SWEEP_PATH, onl
     before = evaluate_summaries(model, tok, cfg.n_eval)
     baseline = dict(rougeL=round(before["rougeL"], 4), story_ppl=round(story_perplexity(model, tok, cfg.n_stories), 4),
                     example=before["predictions"][0], reference=before["references"][0])
-    runs = []
-    for spec in methods(cfg)[part[0]::part[1]]:
+    steer_rows = encode_pairs(tok, steer_pairs(FINETUNE_SEED, cfg.n_train))
+    before = evaluate_steering(model, tok, cfg.steer_n_eval)
+    steer_baseline = dict(positive_share=round(before["positive_share"], 4),
+                          mean_sentiment=round(before["mean_sentiment"], 4), example=before["predictions"][0])
+    runs, steer_runs = [], []
+    every = methods(cfg) + steer_methods(cfg)  # one list, so that --part shares both tasks' runs out
+    for spec in every[part[0]::part[1]]:
         if only and only not in spec["name"]:
             continue
-        runs.append(_one_run(spec, cfg, rows, log))
+        steer = spec.get("task") == "steer"
+        (steer_runs if steer else runs).append(_one_run(spec, cfg, steer_rows if steer else rows, log))
         if log:
-            r = runs[-1]
-            print(f"{r['name']:<36} ROUGE-L {r['rougeL']:.3f}  story ppl {r['story_ppl_after']:.3f}  "
+            r = (steer_runs if steer else runs)[-1]
+            quality = f"positive {r['positive_share']:.2f}" if steer else f"ROUGE-L {r['rougeL']:.3f}"
+            print(f"{r.get('task', 'summary'):<8}{r['name']:<36} {quality}  story ppl {r['story_ppl_after']:.3f}  "
                   f"trainable {r['trainable_params']:>7,}  {r['cpu_seconds']:.0f} CPU s", flush=True)
     result = dict(
         settings=dict(asdict(cfg), ranks={k: list(v) for k, v in cfg.ranks.items()},
@@ -182,7 +210,8 @@ def run_sweep(cfg: SweepConfig | None = None, out: Path | None = SWEEP_PATH, onl
                       cpu=_cpu_name(), cpu_count=os.cpu_count(), python=platform.python_version(),
                       command=SWEEP_COMMAND,
                       load_average_at_end=round(os.getloadavg()[0], 1), date=time.strftime("%Y-%m-%d")),
-        baseline=baseline, runs=runs, sweep_seconds=round(time.perf_counter() - t0, 1))
+        baseline=baseline, runs=runs, steering=dict(baseline=steer_baseline, runs=steer_runs),
+        sweep_seconds=round(time.perf_counter() - t0, 1))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -194,6 +223,9 @@ def merge_sweeps(paths: Sequence[Path], out: Path | None = SWEEP_PATH) -> dict[s
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(parts[0], runs=sorted((r for p in parts for r in p["runs"]), key=lambda r: r["index"]),
                   sweep_seconds=max(p["sweep_seconds"] for p in parts), parallel_parts=len(parts))
+    if all("steering" in p for p in parts):
+        merged["steering"] = dict(parts[0]["steering"], runs=sorted(
+            (r for p in parts for r in p["steering"]["runs"]), key=lambda r: r["index"]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(merged, indent=1) + "\n")
@@ -224,6 +256,22 @@ def sweep_table(sweep: dict[str, Any], names: Sequence[str] | None = None) -> st
     return "\n".join(lines)
 
 
+def steer_table(sweep: dict[str, Any]) -> str:
+    """A markdown table of the steering task: method -> trainable parameters, share of positive reviews."""
+    st = sweep["steering"]
+    b = st["baseline"]
+    lines = ["| method | trainable params | train CPU s | reads positive | mean sentiment | story ppl, task mode "
+             "| story ppl, adapter removed |", "|---|---:|---:|---:|---:|---:|---:|",
+             f"| tiny-base, no tuning | 0 | 0 | {b['positive_share']:.0%} | {b['mean_sentiment']:.2f} | "
+             f"{sweep['baseline']['story_ppl']:.2f} | - |"]
+    for r in st["runs"]:
+        removed = r.get("story_ppl_adapter_removed")
+        lines.append(f"| {r['name']} | {r['trainable_params']:,} | {r['cpu_seconds']:.0f} | {r['positive_share']:.0%} | "
+                     f"{r['mean_sentiment']:.2f} | {r['story_ppl_after']:.2f} | "
+                     f"{'-' if removed is None else f'{removed:.2f}'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_utils.sweeps.finetuning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--quick would overwrite the cached sweep: give --out FILE")
     i, n = (int(x) for x in args.part.split("/"))
     torch.set_num_threads(args.threads)
-    cfg = (SweepConfig(steps=4, n_train=40, n_eval=4, n_stories=4, ranks={"all-linear": (1, 4), "c_attn": (2,)})
+    cfg = (SweepConfig(steps=4, n_train=40, n_eval=4, n_stories=4, ranks={"all-linear": (1, 4), "c_attn": (2,)},
+                       steer_steps=4, steer_n_eval=4)
            if args.quick else SweepConfig())
     result = run_sweep(cfg, args.out, only=args.only, part=(i, n))
     print(f"sweep done in {result['sweep_seconds']:.0f} s -> {args.out}")
