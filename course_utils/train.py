@@ -187,27 +187,6 @@ def pretraining_text(cfg: TrainConfig) -> list[str]:
     return docs
 
 
-@torch.no_grad()
-def probe(model, tokenizer, n_icl: int = 40) -> dict:
-    """What the training curve records: loss on random tokens repeated twice (first and second copy), the
-    best induction score, and fresh-label accuracy with 0 and 8 examples (:mod:`course_utils.incontext`)."""
-    from course_utils.attention import copy_test
-    from course_utils.incontext import TASKS, fresh_label_eval
-
-    was_training = model.training
-    model.eval()
-    model.set_attn_implementation("eager")
-    try:
-        test = copy_test(model, len(tokenizer))
-        icl = {task: fresh_label_eval(model, tokenizer, ks=(0, 8), n=n_icl, task=task) for task in TASKS}
-    finally:
-        model.set_attn_implementation("sdpa")
-        model.train(was_training)
-    return dict(copy_first=round(test.first, 3), copy_second=round(test.second, 3), copy_ratio=round(test.ratio, 3),
-                induction=round(float(test.induction.max()), 3), next_after=round(float(test.next_after.max()), 3),
-                **{f"{task}_k{r.k}": r.accuracy for task, rs in icl.items() for r in rs})
-
-
 def copy_rows_loss(model, gen: torch.Generator, n_rows: int, cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
     """Next-token loss on ``n_rows`` fresh copy rows, plus ``cfg.attention_weight`` times the two heads'
     attention loss (:func:`course_utils.train_data.attention_loss`; needs eager attention for the weights)."""
@@ -225,8 +204,10 @@ def copy_rows_loss(model, gen: torch.Generator, n_rows: int, cfg: TrainConfig, v
 def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100, curve: list | None = None):
     """Train a GPT-2-architecture model from scratch: world text, label pages and copy rows.
 
-    ``curve``: a list to append :func:`probe` records to (every ``cfg.probe_every`` steps).
+    ``curve``: a list to append :func:`course_utils.model_card.probe` records to (every ``cfg.probe_every`` steps).
     """
+    from course_utils import model_card
+
     torch.manual_seed(cfg.seed)
     blocks = _blocks(tokenizer, pretraining_text(cfg))
     model = new_model(tokenizer, cfg)
@@ -236,7 +217,8 @@ def pretrain(tokenizer, cfg: TrainConfig, log_every: int = 100, curve: list | No
     model.train()
     for step in range(cfg.steps + 1):
         if cfg.probe_every and curve is not None and step % cfg.probe_every == 0:
-            rec = dict(step=step, train_loss=round(sum(losses) / len(losses), 3) if losses else None, **probe(model, tokenizer))
+            rec = dict(step=step, train_loss=round(sum(losses) / len(losses), 3) if losses else None,
+                       **model_card.probe(model, tokenizer))
             curve.append(rec)
             losses.clear()
             print("  probe", json.dumps(rec), flush=True)
@@ -317,90 +299,6 @@ def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 48) -
     return text.split("\n")[0].strip()
 
 
-def evaluate(model, tokenizer, n: int = 50) -> dict:
-    """Held-out perplexity per document kind, summary ROUGE-L and sentiment accuracy on seed HELD_OUT_SEED."""
-    from rouge_score import rouge_scorer
-
-    seed = world.HELD_OUT_SEED
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    dialogues = world.dialogues(seed, n)
-    summaries = [greedy_completion(model, tokenizer, world.summarize_prompt(d.text)) for d in dialogues]
-    rouge = sum(scorer.score(d.summary, s)["rougeL"].fmeasure for d, s in zip(dialogues, summaries)) / n
-    reviews = world.reviews(seed, n)
-    answers = [greedy_completion(model, tokenizer, world.classify_prompt(r.text), 3) for r in reviews]
-    accuracy = sum(a.split()[:1] == [r.label] for a, r in zip(answers, reviews)) / n
-    return {
-        "heldout_perplexity": round(perplexity(model, tokenizer,
-                                               world.pretraining_documents(seed, 200)), 3),
-        "story_perplexity": round(perplexity(model, tokenizer, world.stories(seed, 100)), 3),
-        "dialogue_perplexity": round(perplexity(model, tokenizer, [d.text for d in dialogues]), 3),
-        "summary_rougeL": round(rouge, 3),
-        "sentiment_accuracy": round(accuracy, 3),
-        "example_summary": {"dialogue": dialogues[0].text, "reference": dialogues[0].summary,
-                            "model": summaries[0]},
-        **in_context_metrics(model, tokenizer, 100 if n >= 50 else 8),
-    }
-
-
-def in_context_metrics(model, tokenizer, n_icl: int = 100) -> dict:
-    """Copying and in-context learning: loss on random tokens repeated twice (30 tokens, 4 rows), the best
-    induction score, and fresh-label accuracy at k = 0, 1, 2, 4, 8 on ``n_icl`` held-out words per task."""
-    from course_utils.incontext import TASKS, fresh_label_eval
-
-    p = probe(model, tokenizer, n_icl=4)
-    return {"copy_loss_first": p["copy_first"], "copy_loss_second": p["copy_second"], "copy_ratio": p["copy_ratio"],
-            "best_induction_score": p["induction"], "best_next_after_score": p["next_after"],
-            **{f"fresh_label_accuracy_{task}": {str(r.k): round(r.accuracy, 3) for r in fresh_label_eval(
-                model, tokenizer, ks=(0, 1, 2, 4, 8), n=n_icl, task=task)} for task in TASKS}}
-
-
-def samples(model, tokenizer) -> dict[str, str]:
-    """Greedy continuations of a story, dialogue and review start, for the model card."""
-    starts = {"story": "Once upon a time, there was a little fox named",
-              "dialogue": "#Person1#: Hello, I am looking for",
-              "review": "Review: I bought this lamp last Monday."}
-    return {k: s + " " + greedy_completion(model, tokenizer, s, 40) for k, s in starts.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving
-
-
-def save_model(model, tokenizer, out_dir: Path, card: dict) -> None:
-    """Weights as safetensors, config, tokenizer and a model card (README.md + metrics.json)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "metrics.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    m = card["metrics"]
-    lines = [
-        f"# {card['name']}", "", card["description"], "",
-        "| what | value |", "|---|---|",
-        f"| architecture | GPT-2 (transformers `GPT2LMHeadModel`), {MODEL_SHAPE['n_layer']} layers, "
-        f"d_model {MODEL_SHAPE['n_embd']}, {MODEL_SHAPE['n_head']} heads, context {BLOCK_SIZE} |",
-        f"| parameters | {card['parameters']:,} |",
-        f"| tokenizer | byte-level BPE, {card['vocab_size']} tokens |",
-        f"| training data | {card['data']} |",
-        f"| training | {card['config']['steps']} steps x batch {card['config']['batch_size']}, "
-        f"lr {card['config']['lr']}, {card['train_seconds']:.0f} s on {card['threads']} CPU threads |",
-        f"| held-out perplexity (seed {world.HELD_OUT_SEED}, mixed documents) | {m['heldout_perplexity']} |",
-        f"| held-out story perplexity | {m['story_perplexity']} |",
-        f"| dialogue-summary ROUGE-L (50 held-out dialogues, greedy) | {m['summary_rougeL']} |",
-        f"| review sentiment accuracy (50 held-out reviews, instruction prompt) | {m['sentiment_accuracy']} |",
-        "", "## Samples (greedy)", "",
-        *[f"- **{k}**: {v}" for k, v in card["samples"].items()],
-        "", "## Summary example", "",
-        f"- dialogue: {m['example_summary']['dialogue']}",
-        f"- reference: {m['example_summary']['reference']}",
-        f"- model: {m['example_summary']['model']}",
-        "", "Re-create with `make models` (`python -m course_utils.train`).", "",
-    ]
-    (out_dir / "README.md").write_text("\n".join(lines))
-    for f in out_dir.iterdir():  # safetensors writes 0600; the files must be readable by every user
-        f.chmod(0o644)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_utils.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg.steps = args.base_steps or base_cfg.steps
     inst_cfg.steps = args.instruct_steps or inst_cfg.steps
     n_eval = 5 if args.quick else 50
+
+    from course_utils.model_card import evaluate, samples, save_model
 
     t0 = time.perf_counter()
     tokenizer = build_tokenizer(world.pretraining_documents(world.TRAIN_SEED, 4000 if not args.quick else 400)
