@@ -1,10 +1,10 @@
 """The cached comparison of notebook 3: full fine-tuning, BitFit, LoRA and prompt tuning, with one recipe.
 
-Training 17 models does not fit a notebook's time budget, so the comparison is run once and cached in
+Training 21 models (17 on summaries, 4 on steering) does not fit a notebook's time budget, so the comparison is run once and cached in
 ``assets/finetuning/sweep.json`` together with its settings and the machine it ran on. It uses the ``peft``
 library (LoRA, prompt tuning), so it holds none of the notebook's answers.
 ``python -m course_utils.sweeps.finetuning --sweep`` (or ``python -m course_utils.finetuning --sweep``)
-re-creates it: about 18 minutes on one CPU thread, or less with ``--part I/N`` processes and ``--merge``.
+re-creates it: about 13 minutes on one CPU thread (21 runs), or less with ``--part I/N`` processes and ``--merge``.
 
     >>> from course_utils.sweeps import finetuning as finetuning_sweep
     >>> [m["name"] for m in finetuning_sweep.methods(finetuning_sweep.SweepConfig())][:2]
