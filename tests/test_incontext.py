@@ -8,16 +8,6 @@ import pytest
 import torch
 
 from course_utils import incontext, world
-from course_utils.models import ModelNotFoundError, load_model
-
-
-@pytest.fixture(scope="module")
-def base():
-    torch.set_num_threads(1)
-    try:
-        return load_model("tiny-base")
-    except ModelNotFoundError as err:  # pragma: no cover - the models are committed
-        pytest.skip(f"bundled model missing: {err}")
 
 
 def test_episode_examples_are_balanced_use_the_episode_boxes_and_never_the_query():

@@ -8,16 +8,6 @@ import pytest
 import torch
 
 from course_utils import sampling
-from course_utils.models import ModelNotFoundError, load_model
-
-
-@pytest.fixture(scope="module")
-def base():
-    torch.set_num_threads(1)
-    try:
-        return load_model("tiny-base")
-    except ModelNotFoundError as err:  # pragma: no cover - the models are committed
-        pytest.skip(f"bundled model missing: {err}")
 
 
 def _prompt(k: int = 2) -> str:
